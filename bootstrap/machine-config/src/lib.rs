@@ -1,0 +1,1 @@
+//! The versioned, validated machine configuration schema.

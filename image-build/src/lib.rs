@@ -1,0 +1,1 @@
+//! Builds cairn's upstream components and assembles the bootable disk image.

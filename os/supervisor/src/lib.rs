@@ -1,0 +1,1 @@
+//! Supervises long-running services: ordering, readiness, restarts, cgroups, logs.

@@ -1,0 +1,1 @@
+//! One module per supervised component: its configuration, ordering and readiness probe.

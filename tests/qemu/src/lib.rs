@@ -1,0 +1,1 @@
+//! Boots cairn disk images under QEMU (TCG) and watches their console for structured events.
