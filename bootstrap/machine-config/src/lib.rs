@@ -1,1 +1,293 @@
-//! The versioned, validated machine configuration schema.
+//! The machine configuration: one versioned YAML document per node saying who the
+//! node is (hostname, role), how it reaches the network, and how its cluster is
+//! shaped.
+//!
+//! Every field is a validated type and unknown fields are refused, so a typo is an
+//! error that names the field and its line rather than a silently ignored setting.
+//! Not for: cluster secrets (they never live in this document) or how components
+//! are run (see `cairn-services`).
+
+mod types;
+
+use serde::{Deserialize, Serialize};
+
+pub use types::{Cidr, Hostname, InvalidValue};
+
+/// The only `apiVersion` this build understands.
+pub const API_VERSION: &str = "cairn.dev/v1alpha1";
+pub const KIND: &str = "MachineConfig";
+
+/// A parsed, validated machine configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MachineConfig {
+    pub api_version: String,
+    pub kind: String,
+    pub machine: Machine,
+    #[serde(default)]
+    pub cluster: Cluster,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Machine {
+    /// Also the Kubernetes node name.
+    pub hostname: Hostname,
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default)]
+    pub network: Network,
+    /// Extra sysctls (`net.ipv4.ip_forward: "1"`), applied after cairn's own.
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub debug: Debug,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Controlplane,
+    Worker,
+}
+
+/// How the first network interface is configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Network {
+    /// Interface name; default: the first non-loopback interface.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// DHCP (default) or a static address.
+    #[serde(default = "yes")]
+    pub dhcp: bool,
+    /// Static address with prefix, e.g. `10.0.2.15/24` (requires `dhcp: false`).
+    #[serde(default)]
+    pub address: Option<Cidr>,
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub nameservers: Vec<std::net::Ipv4Addr>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            interface: None,
+            dhcp: true,
+            address: None,
+            gateway: None,
+            nameservers: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Debugging switches; all off in production.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Debug {
+    /// On a fatal boot error, stay up showing the error instead of rebooting.
+    #[serde(default)]
+    pub hold_on_fatal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Cluster {
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    #[serde(default = "default_pod_cidr")]
+    pub pod_cidr: Cidr,
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: Cidr,
+    #[serde(default = "default_dns_domain")]
+    pub dns_domain: String,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            name: default_cluster_name(),
+            pod_cidr: default_pod_cidr(),
+            service_cidr: default_service_cidr(),
+            dns_domain: default_dns_domain(),
+        }
+    }
+}
+
+fn default_cluster_name() -> String {
+    "cairn".into()
+}
+fn default_pod_cidr() -> Cidr {
+    Cidr::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16)
+}
+fn default_service_cidr() -> Cidr {
+    Cidr::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 12)
+}
+fn default_dns_domain() -> String {
+    "cluster.local".into()
+}
+
+/// Why a document was refused. The message names the field and, where the YAML
+/// parser knows it, the line and column.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{source_name}: {message}")]
+    Invalid { source_name: String, message: String },
+}
+
+impl MachineConfig {
+    /// Parses and validates a document; `source_name` (a path or "fw_cfg") prefixes errors.
+    pub fn parse(source_name: &str, text: &str) -> Result<MachineConfig, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            source_name: source_name.to_string(),
+            message,
+        };
+        let cfg: MachineConfig = serde_yaml::from_str(text).map_err(|e| invalid(yaml_message(&e)))?;
+        cfg.validate().map_err(invalid)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.api_version != API_VERSION {
+            return Err(format!(
+                "apiVersion: `{}` is not supported (this build reads `{API_VERSION}`)",
+                self.api_version
+            ));
+        }
+        if self.kind != KIND {
+            return Err(format!("kind: `{}` is not `{KIND}`", self.kind));
+        }
+        let net = &self.machine.network;
+        match (net.dhcp, &net.address) {
+            (true, Some(_)) => return Err("machine.network: `address` is set but `dhcp` is true; set `dhcp: false` for a static address".into()),
+            (false, None) => return Err("machine.network: `dhcp: false` needs an `address`".into()),
+            _ => {}
+        }
+        if let (Some(addr), Some(gw)) = (&net.address, &net.gateway) {
+            if !addr.contains(*gw) {
+                return Err(format!("machine.network.gateway: {gw} is outside {addr}"));
+            }
+        }
+        if self.cluster.pod_cidr.overlaps(&self.cluster.service_cidr) {
+            return Err(format!(
+                "cluster: podCidr {} overlaps serviceCidr {}",
+                self.cluster.pod_cidr, self.cluster.service_cidr
+            ));
+        }
+        for key in self.machine.sysctls.keys() {
+            let ok = !key.is_empty()
+                && key.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+            if !ok {
+                return Err(format!("machine.sysctls: `{key}` is not a sysctl name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The embedded default: a single control-plane node named `cairn` on DHCP.
+    pub fn default_document() -> &'static str {
+        DEFAULT_DOCUMENT
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+}
+
+const DEFAULT_DOCUMENT: &str = "\
+apiVersion: cairn.dev/v1alpha1
+kind: MachineConfig
+machine:
+  hostname: cairn
+  role: controlplane
+  network:
+    dhcp: true
+cluster:
+  name: cairn
+";
+
+/// serde_yaml's message already carries the field path and `at line L column C`.
+fn yaml_message(e: &serde_yaml::Error) -> String {
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) if !msg.contains("line") => format!("{msg} (line {}, column {})", loc.line(), loc.column()),
+        _ => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_document_parses() {
+        let cfg = MachineConfig::parse("default", MachineConfig::default_document()).expect("valid");
+        assert_eq!(cfg.machine.hostname.as_str(), "cairn");
+        assert_eq!(cfg.machine.role, Role::Controlplane);
+        assert!(cfg.machine.network.dhcp);
+        assert_eq!(cfg.cluster.service_cidr.to_string(), "10.96.0.0/12");
+    }
+
+    #[test]
+    fn unknown_field_names_field_and_line() {
+        let text = "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostnme: x\n";
+        let err = MachineConfig::parse("machine.yaml", text).expect_err("unknown field").to_string();
+        assert!(err.starts_with("machine.yaml: "), "{err}");
+        assert!(err.contains("hostnme"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn garbled_yaml_names_the_line() {
+        let text = "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine: [\n  hostname: {\n";
+        let err = MachineConfig::parse("fw_cfg", text).expect_err("garbled").to_string();
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn bad_hostname_names_field_and_line() {
+        let text = "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: Bad_Name\n";
+        let err = MachineConfig::parse("m.yaml", text).expect_err("bad hostname").to_string();
+        assert!(err.contains("hostname") && err.contains("Bad_Name") && err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn bad_cidr_is_refused() {
+        let text = "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: a\ncluster:\n  podCidr: 10.244.0.0/33\n";
+        let err = MachineConfig::parse("m.yaml", text).expect_err("bad cidr").to_string();
+        assert!(err.contains("cluster") && err.contains("/33") && err.contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn static_network_rules() {
+        let base = "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: a\n  network:\n";
+        let ok = format!("{base}    dhcp: false\n    address: 10.0.2.15/24\n    gateway: 10.0.2.2\n");
+        let cfg = MachineConfig::parse("m", &ok).expect("static ok");
+        assert_eq!(cfg.machine.network.address.map(|a| a.to_string()), Some("10.0.2.15/24".into()));
+        let no_addr = format!("{base}    dhcp: false\n");
+        assert!(MachineConfig::parse("m", &no_addr).expect_err("no address").to_string().contains("needs an `address`"));
+        let far_gw = format!("{base}    dhcp: false\n    address: 10.0.2.15/24\n    gateway: 10.9.9.9\n");
+        assert!(MachineConfig::parse("m", &far_gw).expect_err("gw").to_string().contains("outside"));
+    }
+
+    #[test]
+    fn wrong_version_and_overlap_are_refused() {
+        let v = MachineConfig::default_document().replace("v1alpha1", "v9");
+        assert!(MachineConfig::parse("m", &v).expect_err("version").to_string().contains("apiVersion"));
+        let overlap = format!("{}  podCidr: 10.96.0.0/16\n", MachineConfig::default_document());
+        assert!(MachineConfig::parse("m", &overlap).expect_err("overlap").to_string().contains("overlaps"));
+    }
+
+    #[test]
+    fn round_trips() {
+        let cfg = MachineConfig::parse("default", MachineConfig::default_document()).expect("valid");
+        let again = MachineConfig::parse("again", &cfg.to_yaml()).expect("round trip");
+        assert_eq!(cfg, again);
+    }
+}

@@ -1,0 +1,109 @@
+//! `cairn-image`: builds the pinned upstream components and the cairn disk image.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use cairn_image::components::{self, BuildOptions, Cache, Lockfile};
+
+#[derive(Parser)]
+#[command(name = "cairn-image", about = "Build cairn's components and disk image")]
+struct Cli {
+    /// The component lockfile.
+    #[arg(long, global = true, default_value_os_t = default_lockfile())]
+    lockfile: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build or fetch the pinned upstream components into the cache.
+    #[command(subcommand)]
+    Components(ComponentsCmd),
+}
+
+#[derive(Subcommand)]
+enum ComponentsCmd {
+    /// Build what is missing from the cache and print a summary.
+    Build(BuildArgs),
+    /// After editing versions in the lockfile: regenerate wrappers and re-pin hashes.
+    Update(BuildArgs),
+    /// Print the cached path of a component's binary (or a package's extracted tree).
+    Path { name: String, binary: Option<String> },
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Use only the cache; fail, naming every missing entry, if it is cold.
+    #[arg(long)]
+    offline: bool,
+    /// Only these components or packages.
+    #[arg(long)]
+    only: Vec<String>,
+    /// A folder of .deb files to use before apt-get.
+    #[arg(long)]
+    deb_dir: Option<PathBuf>,
+}
+
+impl BuildArgs {
+    fn options(&self) -> BuildOptions {
+        BuildOptions {
+            offline: self.offline,
+            only: self.only.clone(),
+            deb_dir: self.deb_dir.clone(),
+            skip_pins: false,
+        }
+    }
+}
+
+fn default_lockfile() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("components.toml")
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("cairn-image: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let lock = Lockfile::load(&cli.lockfile)?;
+    let cache = Cache::from_env();
+    match cli.command {
+        Cmd::Components(ComponentsCmd::Build(args)) => {
+            eprintln!("components: cache {}", cache.root().display());
+            let report = components::build_all(&lock, &cache, &args.options())?;
+            print!("{}", report.table());
+        }
+        Cmd::Components(ComponentsCmd::Update(args)) => {
+            let changes = components::update(&lock, &cache, &args.options())?;
+            if changes.is_empty() {
+                println!("lockfile already up to date");
+            } else {
+                print!("{changes}");
+            }
+        }
+        Cmd::Components(ComponentsCmd::Path { name, binary }) => {
+            let opts = BuildOptions {
+                offline: true,
+                only: vec![name.clone()],
+                ..BuildOptions::default()
+            };
+            let report = components::build_all(&lock, &cache, &opts)
+                .with_context(|| format!("`{name}` is not in the cache; run `cairn-image components build` first"))?;
+            let path = match binary {
+                Some(b) => report.binary(&name, &b)?,
+                None => match report.go.get(&name) {
+                    Some(entry) => entry.dir.clone(),
+                    None => report.deb_root(&name)?.to_path_buf(),
+                },
+            };
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
+}

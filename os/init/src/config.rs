@@ -1,0 +1,149 @@
+//! Where the machine config comes from, and what happens when it is bad.
+//!
+//! Sources, first match wins: QEMU fw_cfg `opt/cairn/machine-config` (how tests and
+//! VMs inject a config), then the last good config kept on the STATE partition,
+//! then the default embedded in this build. A config that does not validate is
+//! reported on the console with its reason (field and line) and never replaces the
+//! last good one; with no good config to fall back on, the boot cannot continue.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use cairn_machine_config::MachineConfig;
+
+pub const FW_CFG_NAME: &str = "opt/cairn/machine-config";
+
+/// Where the config in use came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    FwCfg,
+    State,
+    Default,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::FwCfg => "fw_cfg",
+            Source::State => "state",
+            Source::Default => "default",
+        })
+    }
+}
+
+pub struct Locations {
+    pub fw_cfg: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Locations {
+    pub fn node() -> Locations {
+        Locations {
+            fw_cfg: Path::new("/sys/firmware/qemu_fw_cfg/by_name").join(FW_CFG_NAME).join("raw"),
+            state: PathBuf::from("/state/machine.yaml"),
+        }
+    }
+}
+
+/// Picks the config; persists a newly accepted fw_cfg config as the last good one.
+pub fn load(loc: &Locations) -> Result<(MachineConfig, Source)> {
+    let last_good = read_valid(&loc.state);
+    if let Ok(text) = std::fs::read_to_string(&loc.fw_cfg) {
+        match MachineConfig::parse(&format!("machine config from fw_cfg {FW_CFG_NAME}"), &text) {
+            Ok(cfg) => {
+                if last_good.as_ref().map(|(c, _)| c) != Some(&cfg) {
+                    if let Err(e) = crate::fsutil::write(&loc.state, text.as_bytes()) {
+                        tracing::warn!(event = "config_not_saved", error = %format!("{e:#}"), "could not keep the config on STATE");
+                    }
+                }
+                return Ok((cfg, Source::FwCfg));
+            }
+            Err(e) => {
+                tracing::error!(event = "config_error", error = %e, "machine config rejected");
+                match last_good {
+                    Some((cfg, _)) => {
+                        tracing::warn!(event = "config_fallback", source = "state", "keeping the last good machine config");
+                        return Ok((cfg, Source::State));
+                    }
+                    None => bail!("machine config rejected and no earlier good config to keep: {e}"),
+                }
+            }
+        }
+    }
+    if loc.state.exists() {
+        return match last_good {
+            Some((cfg, _)) => Ok((cfg, Source::State)),
+            None => {
+                let text = std::fs::read_to_string(&loc.state).unwrap_or_default();
+                let err = MachineConfig::parse(&loc.state.display().to_string(), &text)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| format!("{} is unreadable", loc.state.display()));
+                tracing::error!(event = "config_error", error = %err, "machine config rejected");
+                bail!("the machine config on STATE is invalid: {err}")
+            }
+        };
+    }
+    let cfg = MachineConfig::parse("embedded default machine config", MachineConfig::default_document())?;
+    Ok((cfg, Source::Default))
+}
+
+fn read_valid(path: &Path) -> Option<(MachineConfig, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let cfg = MachineConfig::parse(&path.display().to_string(), &text).ok()?;
+    Some((cfg, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn locs(dir: &Path) -> Locations {
+        Locations {
+            fw_cfg: dir.join("fw_cfg"),
+            state: dir.join("state/machine.yaml"),
+        }
+    }
+
+    const GOOD: &str = "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: node-7\n";
+
+    #[test]
+    fn default_when_nothing_given() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (cfg, src) = load(&locs(tmp.path())).expect("default");
+        assert_eq!(src, Source::Default);
+        assert_eq!(cfg.machine.hostname.as_str(), "cairn");
+    }
+
+    #[test]
+    fn fw_cfg_is_used_and_kept_as_last_good() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let l = locs(tmp.path());
+        std::fs::write(&l.fw_cfg, GOOD).expect("write");
+        let (cfg, src) = load(&l).expect("fw_cfg");
+        assert_eq!((cfg.machine.hostname.as_str(), src), ("node-7", Source::FwCfg));
+        assert_eq!(std::fs::read_to_string(&l.state).expect("kept"), GOOD);
+    }
+
+    #[test]
+    fn bad_fw_cfg_keeps_last_good() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let l = locs(tmp.path());
+        std::fs::create_dir_all(l.state.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&l.state, GOOD).expect("write");
+        std::fs::write(&l.fw_cfg, "machine: [\n").expect("write");
+        let (cfg, src) = load(&l).expect("fallback");
+        assert_eq!((cfg.machine.hostname.as_str(), src), ("node-7", Source::State));
+        assert_eq!(std::fs::read_to_string(&l.state).expect("unchanged"), GOOD);
+    }
+
+    #[test]
+    fn bad_fw_cfg_without_fallback_is_fatal_with_reason() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let l = locs(tmp.path());
+        std::fs::write(&l.fw_cfg, "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostnme: x\n").expect("write");
+        let err = format!("{:#}", load(&l).err().expect("fatal"));
+        assert!(err.contains("hostnme") && err.contains("line 4"), "{err}");
+        assert!(!l.state.exists());
+    }
+}

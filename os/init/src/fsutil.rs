@@ -1,0 +1,46 @@
+//! Small filesystem helpers whose errors name the path and the operation.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use nix::mount::{MsFlags, mount};
+
+/// mount(2) with an error that says what was mounted where.
+pub fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all(target).with_context(|| format!("creating mount point {target}"))?;
+    mount(Some(source), target, Some(fstype), flags, data)
+        .with_context(|| format!("mounting {fstype} {source} on {target}"))
+}
+
+/// Mounts unless something is already mounted there (after switch-root the
+/// kernel filesystems moved along with us).
+pub fn mount_once(source: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
+    if is_mountpoint(target) {
+        return Ok(());
+    }
+    mount_fs(source, target, fstype, flags, data)
+}
+
+/// True if `path` is a mount point (its device differs from its parent's, or it is listed in /proc/self/mountinfo).
+pub fn is_mountpoint(path: &str) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|l| l.split_whitespace().nth(4) == Some(path))
+}
+
+pub fn write(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result<()> {
+    let path = path.as_ref();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The kernel release (`uname -r`).
+pub fn kernel_release() -> Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading /proc/sys/kernel/osrelease")?
+        .trim()
+        .to_string())
+}

@@ -1,0 +1,66 @@
+//! Test-only control port, compiled in only with the `test-hooks` feature (the test
+//! image). It lets the end-to-end tests do what an operator will do through the
+//! machine API: signal a service, and reach services that listen on loopback only.
+//! Never part of the production image.
+//!
+//! Protocol on TCP 7777: one line per command, one line of answer.
+//! `kill <service> <SIGNAL>` -> `ok` | `error: ...`; `ping` -> `pong`.
+//! TCP 12379 is forwarded to etcd's 127.0.0.1:2379.
+
+use std::str::FromStr;
+
+use cairn_supervisor::{Signal, Supervisor};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const CONTROL_PORT: u16 = 7777;
+const FORWARDS: &[(u16, u16)] = &[(12379, 2379)];
+
+pub fn spawn(supervisor: Supervisor) {
+    tracing::warn!(event = "test_hooks", port = CONTROL_PORT, "TEST HOOKS ENABLED: this is a test image");
+    tokio::spawn(async move {
+        let listener = match TcpListener::bind(("0.0.0.0", CONTROL_PORT)).await {
+            Ok(l) => l,
+            Err(e) => return tracing::error!(error = %e, "test hook port"),
+        };
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(serve(conn, supervisor.clone()));
+        }
+    });
+    for &(outer, inner) in FORWARDS {
+        tokio::spawn(forward(outer, inner));
+    }
+}
+
+async fn serve(conn: TcpStream, supervisor: Supervisor) {
+    let (r, mut w) = conn.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = match words.as_slice() {
+            ["ping"] => "pong".to_string(),
+            ["kill", service, sig] => match Signal::from_str(sig) {
+                Ok(s) => match supervisor.signal(service, s).await {
+                    Ok(()) => "ok".into(),
+                    Err(e) => format!("error: {e}"),
+                },
+                Err(_) => format!("error: unknown signal {sig}"),
+            },
+            _ => format!("error: unknown command {line:?}"),
+        };
+        if w.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn forward(outer: u16, inner: u16) {
+    let Ok(listener) = TcpListener::bind(("0.0.0.0", outer)).await else { return };
+    while let Ok((mut conn, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            if let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", inner)).await {
+                let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+            }
+        });
+    }
+}

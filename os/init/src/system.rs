@@ -1,0 +1,299 @@
+//! The system stage: PID 1 on the real (squashfs) root. Prepares the machine in a
+//! fixed order, then hands the services to the supervisor and waits for a reason to
+//! shut down. The order, in one place:
+//!
+//! 1. kernel filesystems (moved here by stage 1), /dev/pts, /dev/shm, /tmp, cgroup2
+//!    with controllers enabled, `/` made rshared;
+//! 2. drivers (coldplug + the modules the node needs), Ctrl-Alt-Del to SIGINT;
+//! 3. STATE (identity, last good config) and DATA (grown to the disk, formatted on
+//!    first boot, mounted at /var);
+//! 4. machine-id, machine config, hostname, sysctls;
+//! 5. the async part: signals, reaper, supervisor, network, services.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use cairn_machine_config::MachineConfig;
+use cairn_services::Paths;
+use cairn_supervisor::{EventKind, Supervisor, SupervisorConfig};
+use nix::mount::{MsFlags, mount};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::block::{self, FsKind};
+use crate::cmdline::Cmdline;
+use crate::config;
+use crate::console::uptime;
+use crate::fsutil::{kernel_release, mount_fs, mount_once, write};
+use crate::gpt_grow;
+use crate::kmod::Modules;
+use crate::shutdown::{self, Action};
+
+/// Modules with no modalias to be coldplugged by, needed on every node.
+const SYSTEM_MODULES: &[&str] = &["ext4", "evdev", "button", "qemu_fw_cfg", "overlay"];
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const SERVICES_CGROUP: &str = "/sys/fs/cgroup/cairn";
+
+const DEFAULT_SYSCTLS: &[(&str, &str)] = &[
+    ("kernel.panic", "10"),
+    ("kernel.panic_on_oops", "1"),
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv6.conf.all.forwarding", "1"),
+    ("fs.inotify.max_user_watches", "524288"),
+    ("fs.inotify.max_user_instances", "8192"),
+    ("vm.overcommit_memory", "1"),
+];
+
+pub fn run() -> Result<Infallible> {
+    tracing::info!(event = "init_start", stage = "system", uptime_ms = uptime().as_millis() as u64, "cairn-init on the system image");
+    let cmdline = Cmdline::read();
+    crate::fatal::set_hold(cmdline.flag("cairn.hold"));
+
+    base_mounts()?;
+    let release = kernel_release()?;
+    let mut modules = Modules::open(Path::new("/"), &release)?;
+    let plugged = modules.coldplug();
+    let named = modules.load_all(SYSTEM_MODULES);
+    tracing::info!(event = "modules_loaded", stage = "system", coldplug = plugged, named, "drivers loaded");
+    // Ctrl-Alt-Del now sends SIGINT to PID 1 instead of rebooting at once.
+    nix::sys::reboot::set_cad_enabled(false).context("disabling the immediate Ctrl-Alt-Del reboot")?;
+
+    prepare_state()?;
+    prepare_data()?;
+    let machine_id = machine_id()?;
+    let (cfg, source) = config::load(&config::Locations::node())?;
+    crate::fatal::set_hold(cfg.machine.debug.hold_on_fatal);
+    tracing::info!(event = "config_loaded", source = %source, hostname = %cfg.machine.hostname, machine_id = %machine_id, "machine config accepted");
+    identity(&cfg)?;
+    sysctls(&cfg);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(supervise(cfg))
+}
+
+fn base_mounts() -> Result<()> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    // Normally moved here by stage 1; mounted fresh when booted without an initramfs.
+    mount_once("proc", "/proc", "proc", nodev, None)?;
+    mount_once("sysfs", "/sys", "sysfs", nodev, None)?;
+    mount_once("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    mount_once("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    mount_once("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0620,ptmxmode=0666,gid=5"))?;
+    mount_once("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_once("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_once("cgroup2", CGROUP_ROOT, "cgroup2", nodev, Some("nsdelegate"))?;
+    enable_controllers(Path::new(CGROUP_ROOT))?;
+    std::fs::create_dir_all(SERVICES_CGROUP).with_context(|| format!("creating {SERVICES_CGROUP}"))?;
+    enable_controllers(Path::new(SERVICES_CGROUP))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SHARED, None::<&str>).context("making / rshared")?;
+    for d in ["/run/cairn", "/run/lock"] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {d}"))?;
+    }
+    Ok(())
+}
+
+/// Enables every available controller for the children of `dir`.
+fn enable_controllers(dir: &Path) -> Result<()> {
+    let available = std::fs::read_to_string(dir.join("cgroup.controllers"))
+        .with_context(|| format!("reading {}/cgroup.controllers", dir.display()))?;
+    let wanted: Vec<String> = available.split_whitespace().map(|c| format!("+{c}")).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    write(dir.join("cgroup.subtree_control"), wanted.join(" "))
+        .with_context(|| format!("enabling cgroup controllers {} in {}", available.trim(), dir.display()))
+}
+
+fn mkfs(dev: &Path, label: &str) -> Result<()> {
+    let start = std::time::Instant::now();
+    let out = Command::new("/usr/sbin/mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", label, "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+        .arg(dev)
+        .output()
+        .context("running mke2fs")?;
+    if !out.status.success() {
+        bail!("mke2fs on {} ({label}) failed: {}", dev.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    tracing::info!(event = "formatted", partition = label, device = %dev.display(), elapsed_ms = start.elapsed().as_millis() as u64, "filesystem created");
+    Ok(())
+}
+
+fn mount_ext4(dev: &Path, target: &str, label: &str) -> Result<()> {
+    mount_fs(&dev.to_string_lossy(), target, "ext4", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None)
+        .with_context(|| format!("mounting the {label} partition"))
+}
+
+/// STATE holds what makes this machine itself: machine-id, the last good config.
+fn prepare_state() -> Result<()> {
+    let p = block::wait_for_label("STATE", Duration::from_secs(10))?;
+    if block::probe_fs(&p.dev())? != FsKind::Ext4 {
+        mkfs(&p.dev(), "STATE")?;
+    }
+    mount_ext4(&p.dev(), "/state", "STATE")
+}
+
+/// DATA is /var: grown to fill the disk and formatted on first boot.
+fn prepare_data() -> Result<()> {
+    let p = block::wait_for_label("DATA", Duration::from_secs(10))?;
+    let grown = grow(&p).unwrap_or_else(|e| {
+        tracing::warn!(event = "grow_failed", partition = "DATA", error = %format!("{e:#}"), "DATA keeps its size");
+        false
+    });
+    let fresh = block::probe_fs(&p.dev())? != FsKind::Ext4;
+    if fresh {
+        mkfs(&p.dev(), "DATA")?;
+    }
+    mount_ext4(&p.dev(), "/var", "DATA")?;
+    if grown && !fresh {
+        let out = Command::new("/usr/sbin/resize2fs").arg(p.dev()).output().context("running resize2fs")?;
+        if !out.status.success() {
+            tracing::warn!(event = "resize_failed", error = %String::from_utf8_lossy(&out.stderr).trim(), "DATA filesystem not grown");
+        }
+    }
+    for d in ["/var/lib", "/var/log", "/var/log/cairn", "/var/lib/cairn"] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {d}"))?;
+    }
+    Ok(())
+}
+
+fn grow(p: &block::Partition) -> Result<bool> {
+    let sectors: u64 = std::fs::read_to_string(format!("/sys/class/block/{}/size", p.disk))
+        .context("reading the disk size")?
+        .trim()
+        .parse()
+        .context("parsing the disk size")?;
+    let mut disk = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p.disk_dev())
+        .with_context(|| format!("opening {}", p.disk_dev().display()))?;
+    match gpt_grow::grow_last_partition(&mut disk, sectors, p.number)? {
+        None => Ok(false),
+        Some(g) => {
+            disk.sync_all().context("flushing the partition table")?;
+            gpt_grow::kernel_resize_partition(&disk, p.number, g.first_lba, g.new_last_lba)?;
+            tracing::info!(
+                event = "partition_grown",
+                partition = "DATA",
+                from_mib = (g.old_last_lba - g.first_lba + 1) / 2048,
+                to_mib = (g.new_last_lba - g.first_lba + 1) / 2048,
+                "DATA grown to fill the disk"
+            );
+            Ok(true)
+        }
+    }
+}
+
+/// The machine's identity: generated once, kept on STATE.
+fn machine_id() -> Result<String> {
+    let kept = Path::new("/state/machine-id");
+    let id = match std::fs::read_to_string(kept) {
+        Ok(s) if s.trim().len() == 32 && s.trim().chars().all(|c| c.is_ascii_hexdigit()) => s.trim().to_string(),
+        _ => {
+            let mut bytes = [0u8; 16];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                .context("reading /dev/urandom")?;
+            let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            write(kept, format!("{id}\n"))?;
+            id
+        }
+    };
+    write("/run/cairn/machine-id", format!("{id}\n"))?;
+    Ok(id)
+}
+
+fn identity(cfg: &MachineConfig) -> Result<()> {
+    let host = cfg.machine.hostname.as_str();
+    nix::unistd::sethostname(host).with_context(|| format!("setting the hostname to {host}"))?;
+    write("/run/cairn/hostname", format!("{host}\n"))?;
+    write("/run/cairn/hosts", format!("127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {host}\n"))?;
+    if !Path::new("/run/cairn/resolv.conf").exists() {
+        write("/run/cairn/resolv.conf", "")?;
+    }
+    Ok(())
+}
+
+fn sysctls(cfg: &MachineConfig) {
+    let extra = cfg.machine.sysctls.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    for (key, value) in DEFAULT_SYSCTLS.iter().copied().chain(extra) {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        if let Err(e) = std::fs::write(&path, value) {
+            tracing::warn!(event = "sysctl_failed", key, value, error = %e, "sysctl not applied");
+        }
+    }
+}
+
+/// The long-running part: everything async, until a shutdown request.
+async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
+    let supervisor = cairn_supervisor::spawn(SupervisorConfig {
+        log_dir: Some("/var/log/cairn".into()),
+        cgroup_root: Some(SERVICES_CGROUP.into()),
+    });
+    cairn_supervisor::spawn_reaper(supervisor.clone());
+    log_milestones(&supervisor);
+
+    let (power_tx, mut power_rx) = mpsc::unbounded_channel();
+    let buttons = crate::power::watch(power_tx);
+    tracing::debug!(buttons, "power buttons watched");
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigpwr = signal(SignalKind::from_raw(libc::SIGPWR)).context("installing the SIGPWR handler")?;
+    let mut sigusr2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
+
+    let net_cfg = cfg.machine.network.clone();
+    let host = cfg.machine.hostname.to_string();
+    tokio::spawn(async move {
+        match crate::net::configure(&net_cfg, &host).await {
+            Ok(l) => tracing::info!(
+                event = "network_ready",
+                interface = %l.interface,
+                address = %format!("{}/{}", l.address, l.prefix),
+                gateway = %l.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                "network configured"
+            ),
+            Err(e) => tracing::error!(event = "network_error", error = %format!("{e:#}"), "network not configured"),
+        }
+    });
+
+    let specs = cairn_services::node_services(&cfg, &Paths::node());
+    supervisor.add(specs).await.context("registering the services")?;
+
+    #[cfg(feature = "test-hooks")]
+    crate::hooks::spawn(supervisor.clone());
+
+    let action = tokio::select! {
+        _ = sigint.recv() => Action::Reboot,
+        _ = sigterm.recv() => Action::Reboot,
+        _ = sigpwr.recv() => Action::Poweroff,
+        _ = sigusr2.recv() => Action::Poweroff,
+        _ = power_rx.recv() => Action::Poweroff,
+    };
+    shutdown::run(action, &supervisor).await
+}
+
+/// Prints a boot-timeline line the first time each service becomes ready.
+fn log_milestones(supervisor: &Supervisor) {
+    let mut events = supervisor.subscribe();
+    tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if matches!(e.kind, EventKind::Ready) && seen.insert(e.service.clone()) {
+                        tracing::info!(event = "milestone", service = %e.service, uptime_ms = uptime().as_millis() as u64, "first ready");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
