@@ -1,1 +1,16 @@
 //! Builds cairn's upstream components and assembles the bootable disk image.
+
+pub mod assemble;
+pub mod components;
+pub mod cpio;
+pub mod disk;
+pub mod elf;
+pub mod esp;
+pub mod gpt;
+pub mod image;
+pub mod kmodules;
+pub mod qcow2;
+pub mod rootfs;
+pub mod squashfs;
+pub mod tool;
+pub mod uki;

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use cairn_image::components::{self, BuildOptions, Cache, Lockfile};
+use cairn_image::image::{self, ImageOptions};
 
 #[derive(Parser)]
 #[command(name = "cairn-image", about = "Build cairn's components and disk image")]
@@ -22,6 +23,28 @@ enum Cmd {
     /// Build or fetch the pinned upstream components into the cache.
     #[command(subcommand)]
     Components(ComponentsCmd),
+    /// Build the bootable disk image.
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build cairn-init and the disk image (`<out>/<name>.raw` and `.qcow2`).
+    Build {
+        /// Build the test image: the init with its test-only control port.
+        #[arg(long)]
+        test_hooks: bool,
+        /// Output directory.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Use a prebuilt cairn-init instead of building it with cargo.
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Use only the component cache.
+        #[arg(long)]
+        offline: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,6 +127,44 @@ fn run() -> Result<()> {
             };
             println!("{}", path.display());
         }
+        Cmd::Image(ImageCmd::Build { test_hooks, out, init, offline }) => {
+            let init = match init {
+                Some(path) => path,
+                None => build_init(test_hooks)?,
+            };
+            let name = if test_hooks { "cairn-test" } else { "cairn" };
+            let summary = image::build(
+                &lock,
+                &cache,
+                &ImageOptions {
+                    name: name.into(),
+                    init,
+                    out_dir: out,
+                    offline,
+                    cmdline_extra: String::new(),
+                },
+            )?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
     }
     Ok(())
+}
+
+/// Builds cairn-init in release mode; the test-hooks variant in its own target dir
+/// so the two binaries never overwrite each other.
+fn build_init(test_hooks: bool) -> Result<PathBuf> {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = workspace.join(if test_hooks { "target/test-hooks" } else { "target" });
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(&workspace)
+        .args(["build", "--release", "--locked", "-p", "cairn-init", "--target-dir"])
+        .arg(&target);
+    if test_hooks {
+        cmd.args(["--features", "test-hooks"]);
+    }
+    eprintln!("image: building cairn-init{}", if test_hooks { " (test hooks)" } else { "" });
+    let status = cmd.status().context("running cargo to build cairn-init")?;
+    anyhow::ensure!(status.success(), "building cairn-init failed ({status})");
+    Ok(target.join("release/cairn-init"))
 }

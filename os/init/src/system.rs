@@ -33,7 +33,7 @@ use crate::kmod::Modules;
 use crate::shutdown::{self, Action};
 
 /// Modules with no modalias to be coldplugged by, needed on every node.
-const SYSTEM_MODULES: &[&str] = &["ext4", "evdev", "button", "qemu_fw_cfg", "overlay"];
+const SYSTEM_MODULES: &[&str] = &["crc32c_generic", "crc32c_intel", "ext4", "evdev", "button", "qemu_fw_cfg", "overlay"];
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const SERVICES_CGROUP: &str = "/sys/fs/cgroup/cairn";
