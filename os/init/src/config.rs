@@ -53,13 +53,13 @@ pub fn load(loc: &Locations) -> Result<(MachineConfig, Source)> {
             Ok(cfg) => {
                 if last_good.as_ref().map(|(c, _)| c) != Some(&cfg) {
                     if let Err(e) = crate::fsutil::write(&loc.state, text.as_bytes()) {
-                        tracing::warn!(event = "config_not_saved", error = %format!("{e:#}"), "could not keep the config on STATE");
+                        tracing::warn!(event = "config_not_saved", error = ?format!("{e:#}"), "could not keep the config on STATE");
                     }
                 }
                 return Ok((cfg, Source::FwCfg));
             }
             Err(e) => {
-                tracing::error!(event = "config_error", error = %e, "machine config rejected");
+                tracing::error!(event = "config_error", error = ?e.to_string(), "machine config rejected");
                 match last_good {
                     Some((cfg, _)) => {
                         tracing::warn!(event = "config_fallback", source = "state", "keeping the last good machine config");
@@ -79,7 +79,7 @@ pub fn load(loc: &Locations) -> Result<(MachineConfig, Source)> {
                     .err()
                     .map(|e| e.to_string())
                     .unwrap_or_else(|| format!("{} is unreadable", loc.state.display()));
-                tracing::error!(event = "config_error", error = %err, "machine config rejected");
+                tracing::error!(event = "config_error", error = ?err, "machine config rejected");
                 bail!("the machine config on STATE is invalid: {err}")
             }
         };

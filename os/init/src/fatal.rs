@@ -21,7 +21,7 @@ pub fn set_hold(hold: bool) {
 pub fn halt(reason: &str) -> ! {
     let hold = HOLD.load(Ordering::SeqCst) || crate::cmdline::Cmdline::read().flag("cairn.hold");
     for line in reason.lines() {
-        tracing::error!(event = "fatal", error = %line, "boot failed");
+        tracing::error!(event = "fatal", error = ?line, "boot failed");
     }
     tracing::error!(event = "fatal", "cairn cannot continue: {}", reason.lines().next().unwrap_or(reason));
     if hold {

@@ -21,7 +21,7 @@ pub fn spawn(supervisor: Supervisor) {
     tokio::spawn(async move {
         let listener = match TcpListener::bind(("0.0.0.0", CONTROL_PORT)).await {
             Ok(l) => l,
-            Err(e) => return tracing::error!(error = %e, "test hook port"),
+            Err(e) => return tracing::error!(error = ?e.to_string(), "test hook port"),
         };
         while let Ok((conn, _)) = listener.accept().await {
             tokio::spawn(serve(conn, supervisor.clone()));

@@ -190,7 +190,7 @@ impl Modules {
         for name in names {
             match self.load(name) {
                 Ok(()) => n += 1,
-                Err(e) => tracing::warn!(module = name, error = %format!("{e:#}"), "module not loaded"),
+                Err(e) => tracing::warn!(module = name, error = ?format!("{e:#}"), "module not loaded"),
             }
         }
         n
@@ -222,7 +222,7 @@ impl Modules {
             }
             match self.load(&m) {
                 Ok(()) => n += 1,
-                Err(e) => tracing::debug!(module = %m, error = %format!("{e:#}"), "coldplug: module not loaded"),
+                Err(e) => tracing::debug!(module = %m, error = ?format!("{e:#}"), "coldplug: module not loaded"),
             }
         }
         n

@@ -52,7 +52,7 @@ pub async fn run(action: Action, supervisor: &Supervisor) -> ! {
             Ok(()) => tracing::info!(event = "unmounted", path = m, "unmounted"),
             Err(e) => {
                 let ro = mount(None::<&str>, *m, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>);
-                tracing::warn!(event = "unmount_failed", path = m, error = %e, remounted_ro = ro.is_ok(), "could not unmount");
+                tracing::warn!(event = "unmount_failed", path = m, error = ?e.to_string(), remounted_ro = ro.is_ok(), "could not unmount");
             }
         }
     }

@@ -143,7 +143,7 @@ fn prepare_state() -> Result<()> {
 fn prepare_data() -> Result<()> {
     let p = block::wait_for_label("DATA", Duration::from_secs(10))?;
     let grown = grow(&p).unwrap_or_else(|e| {
-        tracing::warn!(event = "grow_failed", partition = "DATA", error = %format!("{e:#}"), "DATA keeps its size");
+        tracing::warn!(event = "grow_failed", partition = "DATA", error = ?format!("{e:#}"), "DATA keeps its size");
         false
     });
     let fresh = block::probe_fs(&p.dev())? != FsKind::Ext4;
@@ -154,7 +154,7 @@ fn prepare_data() -> Result<()> {
     if grown && !fresh {
         let out = Command::new("/usr/sbin/resize2fs").arg(p.dev()).output().context("running resize2fs")?;
         if !out.status.success() {
-            tracing::warn!(event = "resize_failed", error = %String::from_utf8_lossy(&out.stderr).trim(), "DATA filesystem not grown");
+            tracing::warn!(event = "resize_failed", error = ?String::from_utf8_lossy(&out.stderr).trim(), "DATA filesystem not grown");
         }
     }
     for d in ["/var/lib", "/var/log", "/var/log/cairn", "/var/lib/cairn"] {
@@ -226,7 +226,7 @@ fn sysctls(cfg: &MachineConfig) {
     for (key, value) in DEFAULT_SYSCTLS.iter().copied().chain(extra) {
         let path = Path::new("/proc/sys").join(key.replace('.', "/"));
         if let Err(e) = std::fs::write(&path, value) {
-            tracing::warn!(event = "sysctl_failed", key, value, error = %e, "sysctl not applied");
+            tracing::warn!(event = "sysctl_failed", key, value, error = ?e.to_string(), "sysctl not applied");
         }
     }
 }
@@ -259,7 +259,7 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
                 gateway = %l.gateway.map(|g| g.to_string()).unwrap_or_default(),
                 "network configured"
             ),
-            Err(e) => tracing::error!(event = "network_error", error = %format!("{e:#}"), "network not configured"),
+            Err(e) => tracing::error!(event = "network_error", error = ?format!("{e:#}"), "network not configured"),
         }
     });
 

@@ -481,7 +481,9 @@ impl Vm {
         let _ = std::fs::remove_file(&qmp_path);
 
         let mut cmd = Command::new(qemu_bin());
-        cmd.args(["-machine", "q35", "-accel", "tcg"]);
+        // `-cpu max` gives the guest RDRAND and a virtio RNG feeds it too, so the
+        // kernel's random pool is ready at once (mke2fs and TLS block on it otherwise).
+        cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-device", "virtio-rng-pci"]);
         cmd.args([
             "-m",
             &cfg.memory_mib.to_string(),

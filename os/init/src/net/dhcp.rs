@@ -183,13 +183,13 @@ pub async fn renew_forever(mut lease: Lease, hostname: String) {
             Ok(new) => {
                 if new.address != lease.address {
                     if let Err(e) = super::apply(&new) {
-                        tracing::error!(event = "dhcp_error", error = %format!("{e:#}"), "applying the renewed lease");
+                        tracing::error!(event = "dhcp_error", error = ?format!("{e:#}"), "applying the renewed lease");
                     }
                 }
                 tracing::info!(event = "dhcp_renewed", interface = %new.interface, address = %new.address, "lease renewed");
                 lease = new;
             }
-            Err(e) => tracing::warn!(event = "dhcp_error", error = %format!("{e:#}"), "renewing the lease failed"),
+            Err(e) => tracing::warn!(event = "dhcp_error", error = ?format!("{e:#}"), "renewing the lease failed"),
         }
     }
 }

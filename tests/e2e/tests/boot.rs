@@ -1,0 +1,122 @@
+//! Boots the real cairn test image under QEMU (UEFI, TCG) and checks the
+//! acceptance of the bootable-image issue: etcd ready, restart after SIGKILL,
+//! durability across reboot and power-cut, orderly poweroff, and a garbled machine
+//! config reported without killing PID 1.
+
+use std::time::{Duration, Instant};
+
+use cairn_e2e::{BOOT_TIMEOUT, Etcd, fresh_disk, hook, node_config, one_vm_at_a_time};
+use cairn_qemu::{Regex, Vm, VmConfig};
+
+#[test]
+fn boots_under_uefi_to_etcd_ready() {
+    let _one = one_vm_at_a_time();
+    let disk = fresh_disk();
+    let vm = Vm::boot(&node_config(), &disk).expect("boot");
+    let switched = vm.wait_for_event("root_switched", &[], BOOT_TIMEOUT).expect("stage 1 switches root");
+    let system = vm.wait_for_event("init_start", &[("stage", "system")], BOOT_TIMEOUT).expect("system stage");
+    let net = vm.wait_for_event("network_ready", &[], BOOT_TIMEOUT).expect("network via DHCP");
+    let ready = vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready");
+    assert_eq!(net.field("address"), Some("10.0.2.15/24"), "QEMU's DHCP address: {}", net.text);
+    eprintln!(
+        "timeline: root switched {:.1}s, system init {:.1}s, network {:.1}s, etcd ready {:.1}s (QEMU start = 0)",
+        vm.since_start(&switched).as_secs_f64(),
+        vm.since_start(&system).as_secs_f64(),
+        vm.since_start(&net).as_secs_f64(),
+        vm.since_start(&ready).as_secs_f64()
+    );
+    // The service really answers: a write through the forward lands.
+    Etcd::new(&vm).put("/e2e/boot", "ok").expect("etcd accepts a write");
+}
+
+#[test]
+fn etcd_killed_with_sigkill_is_back_within_5s() {
+    let _one = one_vm_at_a_time();
+    let disk = fresh_disk();
+    let mut vm = Vm::boot(&node_config(), &disk).expect("boot");
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready");
+    let etcd = Etcd::new(&vm);
+    etcd.put("/e2e/before-kill", "1").expect("write before the kill");
+
+    let t0 = Instant::now();
+    assert_eq!(hook(&vm, "kill etcd SIGKILL").expect("kill through the test hook"), "ok");
+    let exited = vm.wait_for_event("exited", &[("service", "etcd")], Duration::from_secs(10)).expect("etcd exit seen");
+    assert!(exited.text.contains("SIGKILL") || exited.text.contains("signal 9") || exited.text.contains("9"), "{}", exited.text);
+    vm.wait_for_event("ready", &[("service", "etcd")], Duration::from_secs(30)).expect("etcd ready again");
+    let back = t0.elapsed();
+    eprintln!("etcd SIGKILL -> ready again in {:.2}s", back.as_secs_f64());
+    assert!(back < Duration::from_secs(5), "etcd took {back:?} to come back");
+    assert_eq!(etcd.get("/e2e/before-kill").expect("read after restart").as_deref(), Some("1"));
+    vm.kill();
+}
+
+#[test]
+fn keys_survive_orderly_reboot_and_power_cut() {
+    let _one = one_vm_at_a_time();
+    let disk = fresh_disk();
+    let cfg = node_config();
+
+    let vm = Vm::boot(&cfg, &disk).expect("first boot");
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready");
+    Etcd::new(&vm).put("/e2e/reboot", "kept").expect("write before reboot");
+
+    // Orderly reboot (Ctrl-Alt-Del reaches PID 1 as SIGINT); QEMU restarts the guest itself.
+    vm.ctrl_alt_del().expect("ctrl-alt-del");
+    vm.wait_for_event("shutdown_start", &[("action", "reboot")], Duration::from_secs(30)).expect("shutdown begins");
+    vm.wait_for_event("stopped", &[("service", "etcd")], Duration::from_secs(30)).expect("etcd stopped in order");
+    vm.wait_for_event("shutdown_done", &[("action", "reboot")], Duration::from_secs(30)).expect("shutdown completes");
+    vm.wait_for_event("init_start", &[("stage", "system")], BOOT_TIMEOUT).expect("second boot");
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready after reboot");
+    let etcd = Etcd::new(&vm);
+    assert_eq!(etcd.get("/e2e/reboot").expect("read after reboot").as_deref(), Some("kept"));
+
+    // Power cut right after etcd acknowledged a write.
+    etcd.put("/e2e/power-cut", "durable").expect("acknowledged write");
+    let mut vm = vm;
+    vm.kill();
+    drop(vm);
+
+    let vm = Vm::boot(&cfg, &disk).expect("boot after power cut");
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready after power cut");
+    let etcd = Etcd::new(&vm);
+    assert_eq!(etcd.get("/e2e/power-cut").expect("read after power cut").as_deref(), Some("durable"));
+    assert_eq!(etcd.get("/e2e/reboot").expect("older key").as_deref(), Some("kept"));
+}
+
+#[test]
+fn orderly_poweroff_ends_qemu_within_30s() {
+    let _one = one_vm_at_a_time();
+    let disk = fresh_disk();
+    let mut vm = Vm::boot(&node_config(), &disk).expect("boot");
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready");
+    let t0 = Instant::now();
+    vm.powerdown().expect("ACPI power button");
+    vm.wait_for_event("shutdown_start", &[("action", "poweroff")], Duration::from_secs(30)).expect("power button handled");
+    let status = vm.wait_exit(Duration::from_secs(30)).expect("QEMU exits on its own");
+    eprintln!("power button -> QEMU exited in {:.2}s ({status})", t0.elapsed().as_secs_f64());
+    assert!(status.success(), "QEMU exit status {status}");
+    assert!(vm.console_tail(40).contains("shutdown_done"), "{}", vm.console_tail(40));
+}
+
+#[test]
+fn garbled_machine_config_is_reported_and_pid1_survives() {
+    let _one = one_vm_at_a_time();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let config = tmp.path().join("machine.yaml");
+    std::fs::write(&config, "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostnme: node-1\n").expect("write config");
+    let cfg = VmConfig {
+        fw_cfg: vec![("opt/cairn/machine-config".into(), config)],
+        ..node_config()
+    };
+    let disk = fresh_disk();
+    let vm = Vm::boot(&cfg, &disk).expect("boot");
+    let err = vm.wait_for_event("config_error", &[], BOOT_TIMEOUT).expect("config error reported");
+    let reason = err.field("error").unwrap_or_default().to_string();
+    assert!(reason.contains("hostnme") && reason.contains("line 4"), "reason names the field and line: {}", err.text);
+    vm.wait_for_event("fatal", &[], Duration::from_secs(10)).expect("boot stops with the reason");
+    vm.wait_for_event("countdown", &[], Duration::from_secs(10)).expect("PID 1 alive, counting down");
+    vm.wait_for_event("countdown", &[("seconds", "5")], Duration::from_secs(15)).expect("still alive seconds later");
+    let console = String::from_utf8_lossy(&vm.console_raw()).into_owned();
+    assert!(!console.contains("Kernel panic"), "PID 1 died: {}", vm.console_tail(30));
+    assert!(!Regex::new(r"event=.?ready.? service=etcd").expect("regex").is_match(&console), "etcd must not start on a bad config");
+}
