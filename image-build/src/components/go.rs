@@ -80,6 +80,20 @@ pub(crate) fn entry_dir(lock: &Lockfile, cache: &Cache, c: &GoComponent) -> Resu
     Ok(cache.components().join(format!("{}-{}-{}", c.name, c.version, &key[..12])))
 }
 
+/// Whether the Go module cache holds the source of the component's module (and
+/// its `also_require` modules) at the pinned version, so it can be built offline.
+pub(crate) fn module_cached(cache: &Cache, c: &GoComponent) -> bool {
+    std::iter::once(&c.module).chain(&c.also_require).all(|m| {
+        // The module cache writes upper-case letters as '!' + lower-case.
+        let escaped: String = m
+            .chars()
+            .flat_map(|ch| if ch.is_ascii_uppercase() { vec!['!', ch.to_ascii_lowercase()] } else { vec![ch] })
+            .collect();
+        let zip = cache.go_mod().join("cache/download").join(escaped).join("@v").join(format!("{}.zip", c.version));
+        zip.is_file()
+    })
+}
+
 /// The Go toolchain on PATH (or /usr/local/go/bin/go) and its version.
 pub(crate) fn go_tool() -> Result<(PathBuf, String), Error> {
     let candidates = [PathBuf::from("go"), PathBuf::from("/usr/local/go/bin/go")];

@@ -120,11 +120,16 @@ pub fn build_all(lock: &Lockfile, cache: &Cache, opts: &BuildOptions) -> Result<
     if opts.offline {
         let mut missing: Vec<String> = go_state
             .iter()
-            .filter(|(_, _, _, usable)| !usable)
+            .filter(|(c, _, _, usable)| !usable && !go::module_cached(cache, c))
             .map(|(c, _, _, _)| format!("{} {}", c.name, c.version))
             .collect();
         for d in &debs {
-            let in_dir = opts.deb_dir.as_deref().is_some_and(|dir| dir.join(format!("{}_{}_amd64.deb", d.name, d.version)).is_file());
+            // Named as `deb::obtain` looks for it (epoch ':' as "%3a", arch amd64 or all).
+            let stem = format!("{}_{}_", d.name, d.version.replace(':', "%3a"));
+            let in_dir = opts
+                .deb_dir
+                .as_deref()
+                .is_some_and(|dir| ["amd64", "all"].iter().any(|arch| dir.join(format!("{stem}{arch}.deb")).is_file()));
             if !deb::is_cached(cache, d)? && !in_dir {
                 missing.push(format!("deb {} {}", d.name, d.version));
             }

@@ -4,7 +4,9 @@
 //! Never part of the production image.
 //!
 //! Protocol on TCP 7777: one line per command, one line of answer.
-//! `kill <service> <SIGNAL>` -> `ok` | `error: ...`; `ping` -> `pong`.
+//! `kill <service> <SIGNAL>` -> `ok` | `error: ...`; `ping` -> `pong`;
+//! `status` -> `name=state,...`; `cgroup <service>` -> the pids in its cgroup;
+//! `rss` -> PID 1's resident memory in KiB.
 //! TCP 12379 is forwarded to etcd's 127.0.0.1:2379.
 
 use std::str::FromStr;
@@ -39,6 +41,20 @@ async fn serve(conn: TcpStream, supervisor: Supervisor) {
         let words: Vec<&str> = line.split_whitespace().collect();
         let answer = match words.as_slice() {
             ["ping"] => "pong".to_string(),
+            ["status"] => supervisor
+                .status()
+                .await
+                .iter()
+                .map(|s| format!("{}={:?}", s.name, s.state))
+                .collect::<Vec<_>>()
+                .join(","),
+            ["cgroup", service] => read_line(&format!("/sys/fs/cgroup/cairn/{service}/cgroup.procs")),
+            ["rss"] => std::fs::read_to_string("/proc/1/status")
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .map(|v| v.trim().trim_end_matches("kB").trim().to_string())
+                .unwrap_or_else(|| "error: no VmRSS".into()),
             ["kill", service, sig] => match Signal::from_str(sig) {
                 Ok(s) => match supervisor.signal(service, s).await {
                     Ok(()) => "ok".into(),
@@ -51,6 +67,13 @@ async fn serve(conn: TcpStream, supervisor: Supervisor) {
         if w.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
             return;
         }
+    }
+}
+
+fn read_line(path: &str) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s.split_whitespace().collect::<Vec<_>>().join(" "),
+        Err(e) => format!("error: {path}: {e}"),
     }
 }
 

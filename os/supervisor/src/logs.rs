@@ -183,6 +183,12 @@ impl LogSink {
     pub(crate) fn contents(&self) -> Vec<u8> {
         self.ring.contents()
     }
+
+    /// Closes the log file (the ring stays), so the filesystem holding it can be
+    /// unmounted at shutdown.
+    pub(crate) fn close_file(&mut self) {
+        self.file = None;
+    }
 }
 
 pub(crate) fn lock(sink: &SharedSink) -> std::sync::MutexGuard<'_, LogSink> {

@@ -511,6 +511,9 @@ impl Actor {
         }
         if self.services.values().all(|s| s.pid.is_none()) {
             self.shutting_down = false;
+            for svc in self.services.values() {
+                logs::lock(&svc.sink).close_file();
+            }
             tracing::info!(event = "shutdown_complete", "all services are down");
             for waiter in self.shutdown_waiters.drain(..) {
                 let _ = waiter.send(());

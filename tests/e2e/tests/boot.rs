@@ -27,6 +27,15 @@ fn boots_under_uefi_to_etcd_ready() {
     );
     // The service really answers: a write through the forward lands.
     Etcd::new(&vm).put("/e2e/boot", "ok").expect("etcd accepts a write");
+    // etcd runs in its own cgroup v2 group, and the supervisor reports it ready.
+    let started = vm.lines().into_iter().rev().find(|l| l.event() == Some("started") && l.field("service") == Some("etcd")).expect("started line");
+    let pid = started.field("pid").expect("pid field").to_string();
+    let procs = hook(&vm, "cgroup etcd").expect("cgroup of etcd");
+    assert!(procs.split_whitespace().any(|p| p == pid), "etcd pid {pid} not in its cgroup: {procs}");
+    assert!(hook(&vm, "status").expect("status").contains("etcd=Ready"));
+    let rss_kib: u64 = hook(&vm, "rss").expect("rss").parse().expect("rss in KiB");
+    eprintln!("cairn-init resident memory: {rss_kib} KiB");
+    assert!(rss_kib < 16 * 1024, "PID 1 uses {rss_kib} KiB");
 }
 
 #[test]

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Sourced by the README's two commands (image-build/demo and tests/run):
+# installs the Debian packages a fresh machine lacks, then builds the cairn-image
+# tool and the pinned upstream components. Components are cached outside the
+# repository ($CAIRN_CACHE, default ~/.cache/cairn) keyed by the lockfile, so only
+# the first run on a machine builds them (~20 min on 2 cores); later runs take seconds.
+set -euo pipefail
+
+HOST_PACKAGES=(
+  qemu-system-x86 qemu-utils ovmf          # booting images (always -accel tcg)
+  squashfs-tools binutils e2fsprogs        # mksquashfs, objcopy (UKI), mke2fs
+  fdisk gdisk cpio xz-utils zstd           # tests check images with the real tools
+  gcc libc6-dev libseccomp-dev pkg-config  # runc is built with cgo and libseccomp
+  protobuf-compiler                        # etcd-client's gRPC code generation
+  dpkg-dev ca-certificates git
+)
+
+missing=()
+for p in "${HOST_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+elif ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+  apt-get update -qq   # `apt-get download` of pinned .debs needs the package lists
+fi
+
+export PATH="/usr/local/go/bin:$HOME/.cargo/bin:$PATH"
+cargo build --release --locked -p cairn-image
+CAIRN_IMAGE="$PWD/target/release/cairn-image"
+export CAIRN_IMAGE
+"$CAIRN_IMAGE" components build
