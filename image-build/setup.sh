@@ -10,7 +10,7 @@ HOST_PACKAGES=(
   qemu-system-x86 qemu-utils ovmf          # booting images (always -accel tcg)
   squashfs-tools binutils e2fsprogs        # mksquashfs, objcopy (UKI), mke2fs
   fdisk gdisk cpio xz-utils zstd           # tests check images with the real tools
-  gcc libc6-dev libseccomp-dev pkg-config  # runc is built with cgo and libseccomp
+  gcc libc6-dev pkg-config                 # runc is built with cgo (libseccomp comes pinned)
   protobuf-compiler                        # etcd-client's gRPC code generation
   dpkg-dev ca-certificates git
 )

@@ -93,7 +93,7 @@ fn time_provider(epoch: u64) -> &'static FixedTime {
 fn fat_datetime(epoch: u64) -> DateTime {
     let days = epoch / 86_400;
     let secs = epoch % 86_400;
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = crate::civil::civil_from_days(days);
     let (year, month, day) = if y < 1980 {
         (1980, 1, 1)
     } else if y > 2107 {
@@ -115,20 +115,6 @@ fn fat_datetime(epoch: u64) -> DateTime {
             millis: 0,
         },
     }
-}
-
-/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian, UTC).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Splits "/EFI/BOOT/BOOTX64.EFI" into components, rejecting odd paths.
@@ -377,8 +363,8 @@ mod tests {
 
     #[test]
     fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_675), (2023, 11, 14));
+        assert_eq!(crate::civil::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(crate::civil::civil_from_days(19_675), (2023, 11, 14));
         assert_eq!(fat_datetime(0).date.year, 1980);
     }
 }

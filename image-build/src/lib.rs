@@ -1,6 +1,7 @@
 //! Builds cairn's upstream components and assembles the bootable disk image.
 
 pub mod assemble;
+pub mod civil;
 pub mod components;
 pub mod cpio;
 pub mod disk;

@@ -50,6 +50,8 @@ struct KeyInputs<'a> {
     binaries: Vec<(&'a str, &'a str)>,
     go: &'a str,
     source_date_epoch: u64,
+    /// (package, pinned sha256) of each cgo sysroot package.
+    cgo_debs: Vec<(&'a str, &'a str)>,
     go_mod: String,
     go_sum: String,
 }
@@ -72,6 +74,12 @@ pub(crate) fn entry_dir(lock: &Lockfile, cache: &Cache, c: &GoComponent) -> Resu
         binaries: c.binaries.iter().map(|b| (b.name.as_str(), b.package.as_str())).collect(),
         go: &lock.build.go,
         source_date_epoch: lock.build.source_date_epoch,
+        cgo_debs: c
+            .cgo_debs
+            .iter()
+            .filter_map(|d| lock.deb_package(d))
+            .map(|d| (d.name.as_str(), d.sha256.as_str()))
+            .collect(),
         go_mod: read("go.mod")?,
         go_sum: read("go.sum")?,
     };
@@ -133,6 +141,7 @@ pub(crate) fn build(
     staging: &Path,
     offline: bool,
     check_pins: bool,
+    cgo_sysroot: Option<&Path>,
 ) -> Result<Manifest, Error> {
     let (go, goversion) = go_tool()?;
     if check_pins && goversion != lock.build.go && c.binaries.iter().any(|b| !b.sha256.is_empty()) {
@@ -164,7 +173,12 @@ pub(crate) fn build(
         let log_err = log.try_clone().map_err(Error::io("duplicating a log handle"))?;
         let mut cmd = go_command(&go, cache, &gomod, offline);
         cmd.env("CGO_ENABLED", if c.cgo { "1" } else { "0" })
-            .env("SOURCE_DATE_EPOCH", epoch.to_string())
+            .env("SOURCE_DATE_EPOCH", epoch.to_string());
+        if let Some(root) = cgo_sysroot {
+            cmd.env("PKG_CONFIG_SYSROOT_DIR", root)
+                .env("PKG_CONFIG_LIBDIR", root.join("usr/lib/x86_64-linux-gnu/pkgconfig"));
+        }
+        cmd
             .args(["build", "-p", "2", "-trimpath", "-buildvcs=false"])
             .arg(format!("-tags={}", c.tags.join(",")))
             .arg(format!("-ldflags={}", ldflags.join(" ")))

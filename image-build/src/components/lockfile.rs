@@ -61,6 +61,11 @@ pub struct GoComponent {
     /// With cgo: link fully static (`-linkmode external -extldflags -static`).
     #[serde(default)]
     pub static_cgo: bool,
+    /// Pinned Debian packages (from `[[deb]]`) whose headers and static libraries the
+    /// cgo build uses, through pkg-config with the package as sysroot, so the build
+    /// never reads the host's copies. At most one.
+    #[serde(default)]
+    pub cgo_debs: Vec<String>,
     #[serde(default)]
     pub tags: Vec<String>,
     #[serde(default)]
@@ -129,6 +134,12 @@ impl Lockfile {
             SemVer::parse(&c.version).map_err(|r| bad(format!("go component `{}`: {r}", c.name)))?;
             if c.binaries.is_empty() {
                 return Err(bad(format!("go component `{}` builds no binaries", c.name)));
+            }
+            if c.cgo_debs.len() > 1 {
+                return Err(bad(format!("go component `{}`: cgo_debs takes at most one package (one pkg-config sysroot)", c.name)));
+            }
+            if let Some(d) = c.cgo_debs.iter().find(|d| !self.deb.iter().any(|p| &p.name == *d)) {
+                return Err(bad(format!("go component `{}`: cgo_debs names `{d}`, which is not a [[deb]] entry", c.name)));
             }
             if c.static_cgo && !c.cgo {
                 return Err(bad(format!("go component `{}`: static_cgo needs cgo = true", c.name)));
@@ -226,27 +237,7 @@ impl GoComponent {
     }
 }
 
-/// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
-pub fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm), valid for dates after 1970.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        (rem % 3_600) / 60,
-        rem % 60
-    )
-}
+pub use crate::civil::rfc3339;
 
 #[cfg(test)]
 mod tests {
@@ -309,13 +300,6 @@ sha256 = "ba4f88f73dbc3ae9055f3c20f4523bfdbaf1ad13ff95e258924f77d20b4fbedf"
             c.expand("{version} {semver} {major}.{minor} {date}", 1_793_491_200),
             "v3.6.8 3.6.8 3.6 2026-11-01T00:00:00Z"
         );
-    }
-
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
     }
 
     #[test]

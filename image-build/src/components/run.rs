@@ -99,7 +99,12 @@ pub fn build_all(lock: &Lockfile, cache: &Cache, opts: &BuildOptions) -> Result<
     let start = Instant::now();
     let selected = |name: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == name);
     let gos: Vec<_> = lock.go.iter().filter(|c| selected(&c.name)).collect();
-    let debs: Vec<_> = lock.deb.iter().filter(|d| selected(&d.name)).collect();
+    // A selected Go component brings the packages its cgo build compiles against.
+    let debs: Vec<_> = lock
+        .deb
+        .iter()
+        .filter(|d| selected(&d.name) || gos.iter().any(|c| c.cgo_debs.contains(&d.name)))
+        .collect();
     for o in &opts.only {
         if lock.go_component(o).is_none() && lock.deb_package(o).is_none() {
             return Err(Error::Lockfile {
@@ -169,7 +174,8 @@ pub fn build_all(lock: &Lockfile, cache: &Cache, opts: &BuildOptions) -> Result<
                 let scratch = cache.scratch(&format!("go-{}", c.name))?;
                 let staging = scratch.path().join("entry");
                 std::fs::create_dir_all(&staging).map_err(Error::io(format!("creating {}", staging.display())))?;
-                let manifest = go::build(lock, cache, c, &staging, opts.offline, !opts.skip_pins)?;
+                let sysroot = c.cgo_debs.first().map(|d| report.deb_root(d)).transpose()?;
+                let manifest = go::build(lock, cache, c, &staging, opts.offline, !opts.skip_pins, sysroot)?;
                 cache::commit_entry(&staging, &dir, &manifest)?;
                 (CacheStatus::Built, manifest)
             }

@@ -251,15 +251,27 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
     let net_cfg = cfg.machine.network.clone();
     let host = cfg.machine.hostname.to_string();
     tokio::spawn(async move {
-        match crate::net::configure(&net_cfg, &host).await {
-            Ok(l) => tracing::info!(
-                event = "network_ready",
-                interface = %l.interface,
-                address = %format!("{}/{}", l.address, l.prefix),
-                gateway = %l.gateway.map(|g| g.to_string()).unwrap_or_default(),
-                "network configured"
-            ),
-            Err(e) => tracing::error!(event = "network_error", error = ?format!("{e:#}"), "network not configured"),
+        // An appliance keeps trying: a cable plugged in later or a DHCP server that
+        // comes up after us must still bring the node onto the network.
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match crate::net::configure(&net_cfg, &host).await {
+                Ok(l) => {
+                    tracing::info!(
+                        event = "network_ready",
+                        interface = %l.interface,
+                        address = %format!("{}/{}", l.address, l.prefix),
+                        gateway = %l.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                        "network configured"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(event = "network_error", error = ?format!("{e:#}"), retry_s = delay.as_secs(), "network not configured; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
         }
     });
 

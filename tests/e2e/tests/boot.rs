@@ -129,3 +129,48 @@ fn garbled_machine_config_is_reported_and_pid1_survives() {
     assert!(!console.contains("Kernel panic"), "PID 1 died: {}", vm.console_tail(30));
     assert!(!Regex::new(r"event=.?ready.? service=etcd").expect("regex").is_match(&console), "etcd must not start on a bad config");
 }
+
+#[test]
+fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
+    let _one = one_vm_at_a_time();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let good = tmp.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: node-1\n  network:\n    dhcp: false\n    address: 10.0.2.15/24\n    gateway: 10.0.2.2\n",
+    )
+    .expect("write config");
+    let bad = tmp.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine: [\n").expect("write config");
+    let with = |path: &std::path::Path| VmConfig {
+        fw_cfg: vec![("opt/cairn/machine-config".into(), path.to_path_buf())],
+        ..node_config()
+    };
+    let disk = fresh_disk();
+
+    // 1. A valid config through fw_cfg: static address, its hostname, etcd up.
+    let mut vm = Vm::boot(&with(&good), &disk).expect("boot with config");
+    let loaded = vm.wait_for_event("config_loaded", &[("source", "fw_cfg")], BOOT_TIMEOUT).expect("config accepted");
+    assert_eq!(loaded.field("hostname"), Some("node-1"), "{}", loaded.text);
+    let net = vm.wait_for_event("network_ready", &[], BOOT_TIMEOUT).expect("static network");
+    assert_eq!((net.field("address"), net.field("gateway")), (Some("10.0.2.15/24"), Some("10.0.2.2")), "{}", net.text);
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready");
+    vm.kill();
+    drop(vm);
+
+    // 2. No config given: the last good one comes from STATE.
+    let mut vm = Vm::boot(&node_config(), &disk).expect("boot without config");
+    let loaded = vm.wait_for_event("config_loaded", &[("source", "state")], BOOT_TIMEOUT).expect("last good config");
+    assert_eq!(loaded.field("hostname"), Some("node-1"), "{}", loaded.text);
+    vm.kill();
+    drop(vm);
+
+    // 3. A garbled config is refused; the node keeps the last good one and runs.
+    let vm = Vm::boot(&with(&bad), &disk).expect("boot with garbled config");
+    let err = vm.wait_for_event("config_error", &[], BOOT_TIMEOUT).expect("refused");
+    assert!(err.field("error").unwrap_or_default().contains("line"), "{}", err.text);
+    vm.wait_for_event("config_fallback", &[("source", "state")], Duration::from_secs(10)).expect("falls back");
+    let loaded = vm.wait_for_event("config_loaded", &[("source", "state")], Duration::from_secs(10)).expect("last good config");
+    assert_eq!(loaded.field("hostname"), Some("node-1"), "{}", loaded.text);
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd still starts");
+}
