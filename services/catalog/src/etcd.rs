@@ -1,17 +1,23 @@
 //! etcd: the cluster's key-value store.
 //!
 //! Configuration: a single member named after the node, data in `/var/lib/etcd`,
-//! client and peer URLs on 127.0.0.1 only (TLS arrives with the control plane).
+//! client and peer URLs on 127.0.0.1 only. Plain HTTP until the node has a secrets
+//! bundle; with [`EtcdTls`] (the control plane's mode) client and peer URLs are
+//! `https://`, served with the bundle's `etcd/server` and `etcd/peer` certificates,
+//! and both sides require client certificates signed by `etcd/ca`.
 //! Ordering: etcd depends on nothing; the API server depends on it.
 //! Readiness: a linearizable read through `etcd-client`, which only succeeds once
-//! the member has a leader and has applied its log — not "the port is open".
+//! the member has a leader and has applied its log — not "the port is open". With
+//! TLS the probe verifies the server against `etcd/ca` and authenticates with the
+//! `etcd/healthcheck-client` certificate.
 //! Restart: always, with the supervisor's backoff; stopped with SIGTERM and given
 //! 15 s to close its WAL cleanly.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn_machine_config::MachineConfig;
+use cairn_pki::paths;
 use cairn_supervisor::{Probe, ProbeSettings, RestartPolicy, ServiceSpec};
 
 use crate::Paths;
@@ -30,6 +36,37 @@ pub struct EtcdConfig {
     pub client_port: u16,
     pub peer_port: u16,
     pub metrics_port: u16,
+    /// `None`: plain HTTP on loopback (a node without a secrets bundle).
+    pub tls: Option<EtcdTls>,
+}
+
+/// The certificate files etcd serves and is probed with (PEM paths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// Trusted CA for clients and peers (`etcd/ca`).
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub peer_cert: PathBuf,
+    pub peer_key: PathBuf,
+    /// The readiness probe's client certificate (`etcd/healthcheck-client`).
+    pub healthcheck_cert: PathBuf,
+    pub healthcheck_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// The files of a cairn-pki bundle rooted at `secrets`.
+    pub fn from_bundle(secrets: &Path) -> EtcdTls {
+        EtcdTls {
+            ca: secrets.join(paths::ETCD_CA.crt),
+            server_cert: secrets.join(paths::ETCD_SERVER.crt),
+            server_key: secrets.join(paths::ETCD_SERVER.key),
+            peer_cert: secrets.join(paths::ETCD_PEER.crt),
+            peer_key: secrets.join(paths::ETCD_PEER.key),
+            healthcheck_cert: secrets.join(paths::ETCD_HEALTHCHECK_CLIENT.crt),
+            healthcheck_key: secrets.join(paths::ETCD_HEALTHCHECK_CLIENT.key),
+        }
+    }
 }
 
 impl EtcdConfig {
@@ -41,18 +78,30 @@ impl EtcdConfig {
             client_port: CLIENT_PORT,
             peer_port: PEER_PORT,
             metrics_port: METRICS_PORT,
+            tls: None,
         }
     }
 
+    /// The same member serving TLS with the bundle rooted at `secrets`.
+    pub fn with_tls(mut self, tls: EtcdTls) -> EtcdConfig {
+        self.tls = Some(tls);
+        self
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// `http://127.0.0.1:2379`, or `https://` with TLS.
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
 
     /// The command-line flags.
     pub fn args(&self) -> Vec<String> {
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port);
         let client = self.client_url();
-        vec![
+        let mut args = vec![
             format!("--name={}", self.member_name),
             format!("--data-dir={}", self.data_dir.display()),
             format!("--listen-client-urls={client}"),
@@ -68,18 +117,42 @@ impl EtcdConfig {
             "--auto-compaction-retention=1h".into(),
             "--snapshot-count=10000".into(),
             "--log-level=warn".into(),
-        ]
+        ];
+        if let Some(tls) = &self.tls {
+            let path = |p: &PathBuf| p.display().to_string();
+            args.extend([
+                format!("--cert-file={}", path(&tls.server_cert)),
+                format!("--key-file={}", path(&tls.server_key)),
+                format!("--trusted-ca-file={}", path(&tls.ca)),
+                "--client-cert-auth=true".into(),
+                format!("--peer-cert-file={}", path(&tls.peer_cert)),
+                format!("--peer-key-file={}", path(&tls.peer_key)),
+                format!("--peer-trusted-ca-file={}", path(&tls.ca)),
+                "--peer-client-cert-auth=true".into(),
+            ]);
+        }
+        args
     }
 }
 
 /// The supervised service.
 pub fn spec(cfg: &EtcdConfig) -> ServiceSpec {
-    let endpoint = format!("127.0.0.1:{}", cfg.client_port);
+    let readiness = match &cfg.tls {
+        None => {
+            let endpoint = format!("127.0.0.1:{}", cfg.client_port);
+            Probe::custom(move || health(endpoint.clone()))
+        }
+        Some(tls) => {
+            let endpoint = cfg.client_url();
+            let tls = tls.clone();
+            Probe::custom(move || health_tls(endpoint.clone(), tls.clone()))
+        }
+    };
     ServiceSpec::new(NAME, &cfg.binary)
         .args(cfg.args())
         .env("PATH", "/usr/bin:/bin")
         .env("GOMAXPROCS", "2")
-        .readiness(Probe::custom(move || health(endpoint.clone())))
+        .readiness(readiness)
         .probe_settings(ProbeSettings {
             initial_period: Duration::from_millis(100),
             ..ProbeSettings::default()
@@ -93,6 +166,34 @@ pub async fn health(endpoint: String) -> Result<(), String> {
     let opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(1))
         .with_timeout(Duration::from_secs(2));
+    linearizable_read(endpoint, opts).await
+}
+
+/// [`health`] over TLS: verifies etcd against `tls.ca` and authenticates with the
+/// health-check client certificate. The files are read at every probe.
+pub async fn health_tls(endpoint: String, tls: EtcdTls) -> Result<(), String> {
+    let read = |path: PathBuf| async move {
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| format!("etcd probe: reading {}: {e}", path.display()))
+    };
+    let ca = read(tls.ca.clone()).await?;
+    let cert = read(tls.healthcheck_cert.clone()).await?;
+    let key = read(tls.healthcheck_key.clone()).await?;
+    let tls_options = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(ca))
+        .identity(etcd_client::Identity::from_pem(cert, key));
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(2))
+        .with_tls(tls_options);
+    linearizable_read(endpoint, opts).await
+}
+
+async fn linearizable_read(
+    endpoint: String,
+    opts: etcd_client::ConnectOptions,
+) -> Result<(), String> {
     let mut client = etcd_client::Client::connect([endpoint.as_str()], Some(opts))
         .await
         .map_err(|e| format!("connecting to etcd at {endpoint}: {e}"))?;
@@ -121,6 +222,37 @@ mod tests {
         assert!(args.contains(&"--name=cairn".to_string()));
         assert!(args.contains(&"--data-dir=/var/lib/etcd".to_string()));
         assert!(args.contains(&"--initial-cluster=cairn=http://127.0.0.1:2380".to_string()));
+    }
+
+    #[test]
+    fn plain_mode_has_no_tls_flags() {
+        let args = cfg().args();
+        assert!(args.iter().all(|a| !a.contains("https") && !a.contains("cert")), "{args:?}");
+        assert_eq!(cfg().client_url(), "http://127.0.0.1:2379");
+    }
+
+    #[test]
+    fn tls_mode_uses_the_bundle() {
+        let c = cfg().with_tls(EtcdTls::from_bundle(Path::new("/s")));
+        let args = c.args();
+        assert_eq!(c.client_url(), "https://127.0.0.1:2379");
+        for a in args.iter().filter(|a| a.contains("urls") && !a.contains("metrics")) {
+            assert!(a.contains("https://127.0.0.1:"), "{a}");
+        }
+        for flag in [
+            "--cert-file=/s/pki/etcd/server.crt",
+            "--key-file=/s/pki/etcd/server.key",
+            "--trusted-ca-file=/s/pki/etcd/ca.crt",
+            "--client-cert-auth=true",
+            "--peer-cert-file=/s/pki/etcd/peer.crt",
+            "--peer-key-file=/s/pki/etcd/peer.key",
+            "--peer-trusted-ca-file=/s/pki/etcd/ca.crt",
+            "--peer-client-cert-auth=true",
+            "--initial-cluster=cairn=https://127.0.0.1:2380",
+        ] {
+            assert!(args.contains(&flag.to_string()), "{flag} missing from {args:?}");
+        }
+        spec(&c).validate().expect("valid spec");
     }
 
     #[test]
