@@ -52,7 +52,7 @@ pub fn load(loc: &Locations) -> Result<(MachineConfig, Source)> {
         match MachineConfig::parse(&format!("machine config from fw_cfg {FW_CFG_NAME}"), &text) {
             Ok(cfg) => {
                 if last_good.as_ref().map(|(c, _)| c) != Some(&cfg) {
-                    if let Err(e) = crate::fsutil::write(&loc.state, text.as_bytes()) {
+                    if let Err(e) = crate::fsutil::write_durable(&loc.state, text.as_bytes()) {
                         tracing::warn!(event = "config_not_saved", error = ?format!("{e:#}"), "could not keep the config on STATE");
                     }
                 }

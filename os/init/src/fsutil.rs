@@ -37,10 +37,43 @@ pub fn write(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result<()> {
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Writes a file so that it survives a power cut right after this returns: a
+/// temporary file is written and fsynced, renamed over the target, and the
+/// directory is fsynced. For STATE (identity, last good config).
+pub fn write_durable(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result<()> {
+    use std::io::Write;
+    let path = path.as_ref();
+    let dir = path.parent().with_context(|| format!("{} has no parent directory", path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents.as_ref()).with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
 /// The kernel release (`uname -r`).
 pub fn kernel_release() -> Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .context("reading /proc/sys/kernel/osrelease")?
         .trim()
         .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_write_replaces_atomically() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let p = tmp.path().join("state/machine-id");
+        write_durable(&p, "a\n").expect("first");
+        write_durable(&p, "b\n").expect("second");
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "b\n");
+        assert!(!p.with_extension("tmp").exists());
+    }
 }

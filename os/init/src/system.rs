@@ -202,7 +202,7 @@ fn machine_id() -> Result<String> {
                 .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
                 .context("reading /dev/urandom")?;
             let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            write(kept, format!("{id}\n"))?;
+            crate::fsutil::write_durable(kept, format!("{id}\n"))?;
             id
         }
     };

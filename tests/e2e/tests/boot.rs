@@ -73,6 +73,7 @@ fn keys_survive_orderly_reboot_and_power_cut() {
     vm.ctrl_alt_del().expect("ctrl-alt-del");
     vm.wait_for_event("shutdown_start", &[("action", "reboot")], Duration::from_secs(30)).expect("shutdown begins");
     vm.wait_for_event("stopped", &[("service", "etcd")], Duration::from_secs(30)).expect("etcd stopped in order");
+    vm.wait_for_event("unmounted", &[("path", "/var")], Duration::from_secs(30)).expect("/var (DATA) unmounted cleanly");
     vm.wait_for_event("shutdown_done", &[("action", "reboot")], Duration::from_secs(30)).expect("shutdown completes");
     vm.wait_for_event("init_start", &[("stage", "system")], BOOT_TIMEOUT).expect("second boot");
     vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready after reboot");
@@ -152,6 +153,7 @@ fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
     let mut vm = Vm::boot(&with(&good), &disk).expect("boot with config");
     let loaded = vm.wait_for_event("config_loaded", &[("source", "fw_cfg")], BOOT_TIMEOUT).expect("config accepted");
     assert_eq!(loaded.field("hostname"), Some("node-1"), "{}", loaded.text);
+    let machine_id = loaded.field("machine_id").expect("machine_id field").to_string();
     let net = vm.wait_for_event("network_ready", &[], BOOT_TIMEOUT).expect("static network");
     assert_eq!((net.field("address"), net.field("gateway")), (Some("10.0.2.15/24"), Some("10.0.2.2")), "{}", net.text);
     vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready");
@@ -162,6 +164,7 @@ fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
     let mut vm = Vm::boot(&node_config(), &disk).expect("boot without config");
     let loaded = vm.wait_for_event("config_loaded", &[("source", "state")], BOOT_TIMEOUT).expect("last good config");
     assert_eq!(loaded.field("hostname"), Some("node-1"), "{}", loaded.text);
+    assert_eq!(loaded.field("machine_id"), Some(machine_id.as_str()), "machine-id is generated once and kept");
     vm.kill();
     drop(vm);
 
