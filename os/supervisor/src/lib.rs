@@ -5,7 +5,8 @@
 //!
 //! - validates a set of [`ServiceSpec`]s (names, dependency graph without cycles),
 //! - starts each service once everything it `depends_on` is ready, judged by a
-//!   [`Probe`] (TCP, plain HTTP, exec or a custom future),
+//!   [`Probe`] (TCP, plain HTTP, HTTPS with a CA and client certificate, exec or a
+//!   custom future),
 //! - restarts exited services according to their [`RestartPolicy`] with exponential
 //!   [`Backoff`],
 //! - puts each service in its own session/process group and, optionally, its own

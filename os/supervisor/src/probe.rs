@@ -553,13 +553,17 @@ mod tests {
                 .unwrap()
                 .signed_by(&client_key, &issuer)
                 .unwrap();
-            let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+            let write =
+                |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
             write("ca.crt", ca.pem());
             write("client.crt", client.pem());
             write("client.key", client_key.serialize_pem());
             // A second, unrelated CA.
             let other_key = KeyPair::generate().unwrap();
-            write("other.crt", ca_params.self_signed(&other_key).unwrap().pem());
+            write(
+                "other.crt",
+                ca_params.self_signed(&other_key).unwrap().pem(),
+            );
             TestPki {
                 server_chain: vec![server.der().clone()],
                 server_key: PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
@@ -605,7 +609,9 @@ mod tests {
                         if let Ok(mut tls) = acceptor.accept(tcp).await {
                             let mut buf = [0u8; 1024];
                             let _ = tls.read(&mut buf).await;
-                            let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                            let _ = tls
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                .await;
                             let _ = tls.shutdown().await;
                         }
                     });
@@ -634,7 +640,9 @@ mod tests {
             ca: pki.path("other.crt"),
             client_cert: client.clone(),
         };
-        let err = check(&probe, Duration::from_secs(5), &ctx()).await.unwrap_err();
+        let err = check(&probe, Duration::from_secs(5), &ctx())
+            .await
+            .unwrap_err();
         assert!(err.contains("tls handshake"), "{err}");
 
         // No client certificate: the server refuses the handshake.
@@ -651,7 +659,9 @@ mod tests {
             ca: pki.path("missing.crt"),
             client_cert: None,
         };
-        let err = check(&probe, Duration::from_secs(5), &ctx()).await.unwrap_err();
+        let err = check(&probe, Duration::from_secs(5), &ctx())
+            .await
+            .unwrap_err();
         assert!(err.contains("missing.crt"), "{err}");
     }
 
@@ -664,9 +674,14 @@ mod tests {
         };
         check(&probe, Duration::from_secs(5), &ctx()).await.unwrap();
 
-        for url in ["https://localhost:1/healthz", "https://192.0.2.1:443/healthz"] {
+        for url in [
+            "https://localhost:1/healthz",
+            "https://192.0.2.1:443/healthz",
+        ] {
             let probe = Probe::HttpsLoopbackUnverified { url: url.into() };
-            let err = check(&probe, Duration::from_secs(5), &ctx()).await.unwrap_err();
+            let err = check(&probe, Duration::from_secs(5), &ctx())
+                .await
+                .unwrap_err();
             assert!(err.contains("loopback"), "{err}");
         }
     }

@@ -110,7 +110,10 @@ impl EtcdConfig {
             format!("--initial-advertise-peer-urls={peer}"),
             format!("--initial-cluster={}={peer}", self.member_name),
             "--initial-cluster-state=new".into(),
-            format!("--listen-metrics-urls=http://127.0.0.1:{}", self.metrics_port),
+            format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                self.metrics_port
+            ),
             // A small appliance disk: keep the backend bounded and compacted.
             "--quota-backend-bytes=2147483648".into(),
             "--auto-compaction-mode=periodic".into(),
@@ -209,7 +212,8 @@ mod tests {
     use super::*;
 
     fn cfg() -> EtcdConfig {
-        let mc = MachineConfig::parse("t", MachineConfig::default_document()).expect("default config");
+        let mc =
+            MachineConfig::parse("t", MachineConfig::default_document()).expect("default config");
         EtcdConfig::from_machine(&mc, &Paths::node())
     }
 
@@ -227,7 +231,11 @@ mod tests {
     #[test]
     fn plain_mode_has_no_tls_flags() {
         let args = cfg().args();
-        assert!(args.iter().all(|a| !a.contains("https") && !a.contains("cert")), "{args:?}");
+        assert!(
+            args.iter()
+                .all(|a| !a.contains("https") && !a.contains("cert")),
+            "{args:?}"
+        );
         assert_eq!(cfg().client_url(), "http://127.0.0.1:2379");
     }
 
@@ -236,7 +244,10 @@ mod tests {
         let c = cfg().with_tls(EtcdTls::from_bundle(Path::new("/s")));
         let args = c.args();
         assert_eq!(c.client_url(), "https://127.0.0.1:2379");
-        for a in args.iter().filter(|a| a.contains("urls") && !a.contains("metrics")) {
+        for a in args
+            .iter()
+            .filter(|a| a.contains("urls") && !a.contains("metrics"))
+        {
             assert!(a.contains("https://127.0.0.1:"), "{a}");
         }
         for flag in [
@@ -250,7 +261,10 @@ mod tests {
             "--peer-client-cert-auth=true",
             "--initial-cluster=cairn=https://127.0.0.1:2380",
         ] {
-            assert!(args.contains(&flag.to_string()), "{flag} missing from {args:?}");
+            assert!(
+                args.contains(&flag.to_string()),
+                "{flag} missing from {args:?}"
+            );
         }
         spec(&c).validate().expect("valid spec");
     }

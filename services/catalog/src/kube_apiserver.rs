@@ -94,7 +94,10 @@ impl ApiserverConfig {
             format!("--etcd-certfile={}", f(paths::APISERVER_ETCD_CLIENT.crt)),
             format!("--etcd-keyfile={}", f(paths::APISERVER_ETCD_CLIENT.key)),
             // Services (the default would be 10.0.0.0/24).
-            format!("--service-cluster-ip-range={}", cidr_flag(&self.service_cidr)),
+            format!(
+                "--service-cluster-ip-range={}",
+                cidr_flag(&self.service_cidr)
+            ),
             // Authentication and authorization (the default mode is AlwaysAllow).
             format!("--client-ca-file={}", f(paths::CA.crt)),
             "--authorization-mode=Node,RBAC".into(),
@@ -104,21 +107,36 @@ impl ApiserverConfig {
             format!("--tls-cert-file={}", f(paths::APISERVER.crt)),
             format!("--tls-private-key-file={}", f(paths::APISERVER.key)),
             // Kubelets.
-            format!("--kubelet-client-certificate={}", f(paths::APISERVER_KUBELET_CLIENT.crt)),
-            format!("--kubelet-client-key={}", f(paths::APISERVER_KUBELET_CLIENT.key)),
+            format!(
+                "--kubelet-client-certificate={}",
+                f(paths::APISERVER_KUBELET_CLIENT.crt)
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                f(paths::APISERVER_KUBELET_CLIENT.key)
+            ),
             "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname".into(),
             // Service-account tokens.
             format!("--service-account-issuer={}", self.service_account_issuer),
             format!("--service-account-key-file={}", f(paths::SA_PUB)),
             format!("--service-account-signing-key-file={}", f(paths::SA_KEY)),
             // Aggregation layer: the front proxy authenticates with request headers.
-            format!("--requestheader-client-ca-file={}", f(paths::FRONT_PROXY_CA.crt)),
+            format!(
+                "--requestheader-client-ca-file={}",
+                f(paths::FRONT_PROXY_CA.crt)
+            ),
             "--requestheader-allowed-names=front-proxy-client".into(),
             "--requestheader-username-headers=X-Remote-User".into(),
             "--requestheader-group-headers=X-Remote-Group".into(),
             "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-            format!("--proxy-client-cert-file={}", f(paths::FRONT_PROXY_CLIENT.crt)),
-            format!("--proxy-client-key-file={}", f(paths::FRONT_PROXY_CLIENT.key)),
+            format!(
+                "--proxy-client-cert-file={}",
+                f(paths::FRONT_PROXY_CLIENT.crt)
+            ),
+            format!(
+                "--proxy-client-key-file={}",
+                f(paths::FRONT_PROXY_CLIENT.key)
+            ),
         ]
     }
 
@@ -166,7 +184,10 @@ mod tests {
     }
 
     fn has(args: &[String], flag: &str) {
-        assert!(args.iter().any(|a| a == flag), "{flag} missing from {args:?}");
+        assert!(
+            args.iter().any(|a| a == flag),
+            "{flag} missing from {args:?}"
+        );
     }
 
     #[test]
@@ -202,7 +223,10 @@ mod tests {
             has(&args, &flag);
         }
         // Every flag is given once.
-        let mut names: Vec<&str> = args.iter().map(|a| a.split('=').next().unwrap_or(a)).collect();
+        let mut names: Vec<&str> = args
+            .iter()
+            .map(|a| a.split('=').next().unwrap_or(a))
+            .collect();
         names.sort_unstable();
         let before = names.len();
         names.dedup();
@@ -215,10 +239,17 @@ mod tests {
             "{}  serviceCidr: 10.100.0.0/16\n  dnsDomain: lab.internal\n",
             MachineConfig::default_document()
         );
-        let c = ApiserverConfig::from_machine(&mc(&doc), &Paths::node(), "192.0.2.10".parse().expect("ip"));
+        let c = ApiserverConfig::from_machine(
+            &mc(&doc),
+            &Paths::node(),
+            "192.0.2.10".parse().expect("ip"),
+        );
         let args = c.args();
         has(&args, "--service-cluster-ip-range=10.100.0.0/16");
-        has(&args, "--service-account-issuer=https://kubernetes.default.svc.lab.internal");
+        has(
+            &args,
+            "--service-account-issuer=https://kubernetes.default.svc.lab.internal",
+        );
         has(&args, "--advertise-address=192.0.2.10");
     }
 
@@ -234,7 +265,11 @@ mod tests {
         assert_eq!(s.stop_timeout, Duration::from_secs(20));
         assert_eq!(s.restart, RestartPolicy::Always);
         match &s.readiness {
-            Probe::Https { url, ca, client_cert } => {
+            Probe::Https {
+                url,
+                ca,
+                client_cert,
+            } => {
                 assert_eq!(url, "https://127.0.0.1:16443/readyz");
                 assert!(ca.ends_with("pki/ca.crt"));
                 let (crt, _) = client_cert.as_ref().expect("client cert");

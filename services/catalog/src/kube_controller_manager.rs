@@ -76,9 +76,15 @@ impl ControllerManagerConfig {
             "--allocate-node-cidrs=true".into(),
             format!("--cluster-cidr={}", cidr_flag(&self.pod_cidr)),
             format!("--node-cidr-mask-size={NODE_CIDR_MASK_SIZE}"),
-            format!("--service-cluster-ip-range={}", cidr_flag(&self.service_cidr)),
+            format!(
+                "--service-cluster-ip-range={}",
+                cidr_flag(&self.service_cidr)
+            ),
             format!("--client-ca-file={}", f(paths::CA.crt)),
-            format!("--requestheader-client-ca-file={}", f(paths::FRONT_PROXY_CA.crt)),
+            format!(
+                "--requestheader-client-ca-file={}",
+                f(paths::FRONT_PROXY_CA.crt)
+            ),
         ]
     }
 
@@ -114,12 +120,18 @@ mod tests {
     }
 
     fn has(args: &[String], flag: &str) {
-        assert!(args.iter().any(|a| a == flag), "{flag} missing from {args:?}");
+        assert!(
+            args.iter().any(|a| a == flag),
+            "{flag} missing from {args:?}"
+        );
     }
 
     #[test]
     fn flags_from_the_design() {
-        let c = ControllerManagerConfig::from_machine(&mc(MachineConfig::default_document()), &Paths::node());
+        let c = ControllerManagerConfig::from_machine(
+            &mc(MachineConfig::default_document()),
+            &Paths::node(),
+        );
         let args = c.args();
         let s = "/var/lib/cairn/secrets";
         for flag in [
@@ -161,7 +173,10 @@ mod tests {
 
     #[test]
     fn probe_and_ordering() {
-        let mut c = ControllerManagerConfig::from_machine(&mc(MachineConfig::default_document()), &Paths::node());
+        let mut c = ControllerManagerConfig::from_machine(
+            &mc(MachineConfig::default_document()),
+            &Paths::node(),
+        );
         c.secure_port = 20257;
         let s = spec(&c);
         s.validate().expect("valid spec");

@@ -112,7 +112,8 @@ pub fn control_plane(
     etcd.peer_port = opts.ports.etcd_peer;
     etcd.metrics_port = opts.ports.etcd_metrics;
 
-    let mut apiserver = kube_apiserver::ApiserverConfig::from_machine(cfg, paths, opts.advertise_ip);
+    let mut apiserver =
+        kube_apiserver::ApiserverConfig::from_machine(cfg, paths, opts.advertise_ip);
     apiserver.bind_address = opts.apiserver_bind;
     apiserver.secure_port = opts.ports.apiserver;
     apiserver.etcd_servers = vec![etcd.client_url()];
@@ -156,13 +157,26 @@ mod tests {
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+            [
+                "etcd",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler"
+            ]
         );
         for s in &specs {
             s.validate().expect("valid spec");
         }
-        assert!(specs[0].args.contains(&"--listen-client-urls=https://127.0.0.1:12379".into()));
-        assert!(specs[1].args.contains(&"--etcd-servers=https://127.0.0.1:12379".into()));
+        assert!(
+            specs[0]
+                .args
+                .contains(&"--listen-client-urls=https://127.0.0.1:12379".into())
+        );
+        assert!(
+            specs[1]
+                .args
+                .contains(&"--etcd-servers=https://127.0.0.1:12379".into())
+        );
         assert!(specs[1].args.contains(&"--secure-port=16443".into()));
         assert_eq!(specs[1].depends_on, ["etcd"]);
         assert_eq!(specs[2].depends_on, ["kube-apiserver"]);
