@@ -205,8 +205,30 @@ pub fn build_all(lock: &Lockfile, cache: &Cache, opts: &BuildOptions) -> Result<
         });
         report.go.insert(entry.name.clone(), entry);
     }
+    if opts.only.is_empty() {
+        let mut keep: Vec<PathBuf> = report.go.values().map(|e| e.dir.clone()).collect();
+        keep.extend(lock.deb.iter().map(|d| deb::entry_dir(cache, d)));
+        prune(cache, &keep);
+    }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Removes cache entries no lockfile entry points at any more (older versions or
+/// build inputs), so the cache does not grow with every version bump.
+fn prune(cache: &Cache, keep: &[PathBuf]) {
+    for dir in [cache.components(), cache.debs()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() && !keep.contains(&path) {
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => eprintln!("components: removed stale cache entry {}", path.display()),
+                    Err(err) => eprintln!("components: could not remove stale {}: {err}", path.display()),
+                }
+            }
+        }
+    }
 }
 
 /// Like [`build_all`] for everything, without printing: what image assembly calls.
