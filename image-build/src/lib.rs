@@ -10,6 +10,7 @@ pub mod esp;
 pub mod gpt;
 pub mod image;
 pub mod kmodules;
+pub mod oci;
 pub mod qcow2;
 pub mod rootfs;
 pub mod squashfs;

@@ -19,7 +19,7 @@ pub use cache::{Cache, CacheStatus};
 pub use deb::DebEntry;
 pub use go::GoEntry;
 pub use lockfile::{BuildSettings, DebPackage, GoBinary, GoComponent, Lockfile, SemVer, rfc3339};
-pub use run::{BuildOptions, BuildReport, ReportRow, build_all, ensure_all};
+pub use run::{BuildOptions, BuildReport, ReportRow, build_all};
 pub use update::update;
 
 use std::path::PathBuf;

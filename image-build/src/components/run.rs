@@ -86,7 +86,7 @@ impl BuildReport {
     }
 }
 
-pub fn human_bytes(b: u64) -> String {
+fn human_bytes(b: u64) -> String {
     if b >= 1 << 20 {
         format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20))
     } else {
@@ -229,18 +229,6 @@ fn prune(cache: &Cache, keep: &[PathBuf]) {
             }
         }
     }
-}
-
-/// Like [`build_all`] for everything, without printing: what image assembly calls.
-pub fn ensure_all(lock: &Lockfile, cache: &Cache, offline: bool) -> Result<BuildReport, Error> {
-    build_all(
-        lock,
-        cache,
-        &BuildOptions {
-            offline,
-            ..BuildOptions::default()
-        },
-    )
 }
 
 fn pins_match(c: &super::GoComponent, m: &cache::Manifest) -> bool {
