@@ -18,11 +18,10 @@
 //! Restart: always, with the supervisor's backoff; SIGTERM and 10 s.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use cairn_machine_config::{Cidr, MachineConfig};
 use cairn_pki::paths;
-use cairn_supervisor::{Probe, ProbeSettings, RestartPolicy, ServiceSpec};
+use cairn_supervisor::{Probe, ServiceSpec};
 
 use crate::{Paths, cidr_flag, path_flag};
 
@@ -90,25 +89,13 @@ impl ControllerManagerConfig {
 
     /// `GET https://127.0.0.1:<port>/healthz`, certificate not verified (self-signed).
     pub fn readiness(&self) -> Probe {
-        Probe::HttpsLoopbackUnverified {
-            url: format!("https://127.0.0.1:{}/healthz", self.secure_port),
-        }
+        crate::component::loopback_healthz(self.secure_port)
     }
 }
 
 /// The supervised service.
 pub fn spec(cfg: &ControllerManagerConfig) -> ServiceSpec {
-    ServiceSpec::new(NAME, &cfg.binary)
-        .args(cfg.args())
-        .env("PATH", "/usr/bin:/bin")
-        .depends_on(crate::kube_apiserver::NAME)
-        .readiness(cfg.readiness())
-        .probe_settings(ProbeSettings {
-            initial_period: Duration::from_millis(500),
-            ..ProbeSettings::default()
-        })
-        .restart(RestartPolicy::Always)
-        .stop_timeout(Duration::from_secs(10))
+    crate::component::apiserver_client_spec(NAME, &cfg.binary, cfg.args(), cfg.secure_port)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! Not for: running anything. The init hands these [`ServiceSpec`]s to the
 //! supervisor (`cairn-supervisor`), which owns processes, ordering and restarts.
 
+mod component;
 pub mod etcd;
 pub mod kube_apiserver;
 pub mod kube_controller_manager;
