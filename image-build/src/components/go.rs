@@ -178,8 +178,14 @@ pub(crate) fn build(
             cmd.env("PKG_CONFIG_SYSROOT_DIR", root)
                 .env("PKG_CONFIG_LIBDIR", root.join("usr/lib/x86_64-linux-gnu/pkgconfig"));
         }
+        cmd.args(["build", "-p", "2", "-trimpath", "-buildvcs=false"]);
+        if c.cgo {
+            // Go's build cache does not key cgo objects on everything the C side
+            // reads (a warm cache once gave runc a different binary than a cold
+            // one): rebuild every package so the output depends only on the inputs.
+            cmd.arg("-a");
+        }
         cmd
-            .args(["build", "-p", "2", "-trimpath", "-buildvcs=false"])
             .arg(format!("-tags={}", c.tags.join(",")))
             .arg(format!("-ldflags={}", ldflags.join(" ")))
             .arg("-o")
