@@ -309,7 +309,8 @@ mod tests {
     #[test]
     fn reproducible_and_input_sensitive() {
         if !have_tools() {
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {}", format!("mksquashfs/objcopy/qemu-img/systemd-boot not installed; skipping"));
+            let skip_reason = "mksquashfs/objcopy/qemu-img/systemd-boot not installed; skipping";
+            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
             eprintln!("mksquashfs/objcopy/qemu-img/systemd-boot not installed; skipping");
             return;
         }

@@ -453,7 +453,8 @@ mod tests {
             .stdout(std::process::Stdio::piped())
             .spawn()
         else {
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {}", format!("cpio not installed; skipping"));
+            let skip_reason = "cpio not installed; skipping";
+            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
             eprintln!("cpio not installed; skipping");
             return;
         };

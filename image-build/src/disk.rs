@@ -358,7 +358,8 @@ mod tests {
             .arg(&out)
             .output()
         else {
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {}", format!("sgdisk not installed; skipping"));
+            let skip_reason = "sgdisk not installed; skipping";
+            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
             eprintln!("sgdisk not installed; skipping");
             return;
         };

@@ -54,7 +54,8 @@ mod tests {
         let out = t.path().join("d.qcow2");
         if let Err(e) = raw_to_qcow2(&raw, &out) {
             if matches!(e.source, ToolError::Spawn { .. }) {
-                assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {}", format!("qemu-img not installed; skipping"));
+                let skip_reason = "qemu-img not installed; skipping";
+                assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
                 eprintln!("qemu-img not installed; skipping");
                 return;
             }

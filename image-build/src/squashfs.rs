@@ -89,7 +89,8 @@ mod tests {
                 source: ToolError::Spawn { .. },
                 ..
             }) => {
-                assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {}", format!("mksquashfs not installed; skipping"));
+                let skip_reason = "mksquashfs not installed; skipping";
+                assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
                 eprintln!("mksquashfs not installed; skipping");
                 return;
             }

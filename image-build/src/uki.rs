@@ -253,7 +253,8 @@ mod tests {
     #[test]
     fn checksum_matches_the_stubs_own() {
         if !have_tools() {
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {}", format!("systemd-stub/objcopy not installed; skipping"));
+            let skip_reason = "systemd-stub/objcopy not installed; skipping";
+            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
             eprintln!("systemd-stub/objcopy not installed; skipping");
             return;
         }
@@ -266,7 +267,8 @@ mod tests {
     #[test]
     fn sections_are_aligned_disjoint_and_output_reproducible() {
         if !have_tools() {
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {}", format!("systemd-stub/objcopy not installed; skipping"));
+            let skip_reason = "systemd-stub/objcopy not installed; skipping";
+            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
             eprintln!("systemd-stub/objcopy not installed; skipping");
             return;
         }

@@ -142,7 +142,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let l = locs(tmp.path());
         std::fs::write(&l.fw_cfg, "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostnme: x\n").expect("write");
-        let err = format!("{:#}", load(&l).err().expect("fatal"));
+        let err = format!("{:#}", load(&l).expect_err("fatal"));
         assert!(err.contains("hostnme") && err.contains("line 4"), "{err}");
         assert!(!l.state.exists());
     }

@@ -172,7 +172,8 @@ mod tests {
     #[test]
     fn grows_a_real_gpt_and_tools_accept_it() {
         if Command::new("sfdisk").arg("--version").output().is_err() {
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {}", format!("SKIPPED: sfdisk not installed"));
+            let skip_reason = "SKIPPED: sfdisk not installed";
+            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
             eprintln!("SKIPPED: sfdisk not installed");
             return;
         }

@@ -33,7 +33,7 @@ const STAGE1_MODULES: &[&str] = &["squashfs", "virtio_blk", "virtio_scsi", "sd_m
 pub fn is_initramfs() -> bool {
     match nix::sys::statfs::statfs("/") {
         Ok(s) => {
-            let t = s.filesystem_type().0 as i64;
+            let t = s.filesystem_type().0;
             t == RAMFS_MAGIC || t == TMPFS_MAGIC
         }
         Err(_) => false,
@@ -72,7 +72,7 @@ pub fn run() -> Result<Infallible> {
     switch_root(SYSROOT)?;
     tracing::info!(event = "root_switched", slot = %cmdline.slot(), uptime_ms = uptime().as_millis() as u64, "switched to the system image");
     let init = CString::new(SYSTEM_INIT)?;
-    let err = nix::unistd::execv(&init, &[init.clone()]).unwrap_err();
+    let err = nix::unistd::execv(&init, std::slice::from_ref(&init)).unwrap_err();
     Err(err).with_context(|| format!("executing {SYSTEM_INIT} in the system image"))
 }
 

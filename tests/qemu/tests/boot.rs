@@ -58,7 +58,8 @@ fn test_kernel() -> Option<PathBuf> {
 macro_rules! require {
     ($cond:expr, $why:expr) => {
         if !$cond {
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {}", format!("SKIPPED: {}", $why));
+            let skip_reason = format!("SKIPPED: {}", $why);
+            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
             eprintln!("SKIPPED: {}", $why);
             return;
         }
@@ -173,7 +174,8 @@ fn ovmf_serial_qmp_timeout_kill_and_drop() {
 fn direct_kernel_boot_panics_and_exits() {
     require!(qemu_available(), "qemu-system-x86_64 not available");
     let Some(kernel) = test_kernel() else {
-        assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {}", format!("SKIPPED: no kernel (set CAIRN_TEST_KERNEL)"));
+        let skip_reason = "SKIPPED: no kernel (set CAIRN_TEST_KERNEL)";
+        assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
         eprintln!("SKIPPED: no kernel (set CAIRN_TEST_KERNEL)");
         return;
     };
@@ -261,13 +263,15 @@ fn build_test_initrd(dir: &Path) -> Option<PathBuf> {
 fn test_init_events_reboot_and_poweroff() {
     require!(qemu_available(), "qemu-system-x86_64 not available");
     let Some(kernel) = test_kernel() else {
-        assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {}", format!("SKIPPED: no kernel (set CAIRN_TEST_KERNEL)"));
+        let skip_reason = "SKIPPED: no kernel (set CAIRN_TEST_KERNEL)";
+        assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
         eprintln!("SKIPPED: no kernel (set CAIRN_TEST_KERNEL)");
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let Some(initrd) = build_test_initrd(tmp.path()) else {
-        assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {}", format!("SKIPPED: could not build the test initrd (gcc -static, cpio)"));
+        let skip_reason = "SKIPPED: could not build the test initrd (gcc -static, cpio)";
+        assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
         eprintln!("SKIPPED: could not build the test initrd (gcc -static, cpio)");
         return;
     };

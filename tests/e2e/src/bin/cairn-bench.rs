@@ -22,10 +22,11 @@ fn main() -> Result<()> {
     let marks = ["kernel", "init (initramfs)", "root switched", "init (system)", "network", "etcd ready"];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); marks.len()];
     let mut rss = Vec::new();
+    let efi_stub = Regex::new("EFI stub: ")?;
     for i in 0..boots {
         let disk = fresh_disk();
         let mut vm = Vm::boot(&node_config(), &disk)?;
-        let kernel = vm.wait_for_line(&Regex::new("EFI stub: ")?, BOOT_TIMEOUT)?;
+        let kernel = vm.wait_for_line(&efi_stub, BOOT_TIMEOUT)?;
         let lines = [
             kernel,
             vm.wait_for_event("init_start", &[("stage", "initramfs")], BOOT_TIMEOUT)?,
