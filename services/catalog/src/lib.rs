@@ -11,11 +11,16 @@
 //! Not for: running anything. The init hands these [`ServiceSpec`]s to the
 //! supervisor (`cairn-supervisor`), which owns processes, ordering and restarts.
 
+pub mod cni;
 mod component;
+pub mod containerd;
 pub mod etcd;
+pub mod files;
 pub mod kube_apiserver;
 pub mod kube_controller_manager;
+pub mod kube_proxy;
 pub mod kube_scheduler;
+pub mod kubelet;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
