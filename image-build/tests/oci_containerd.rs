@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_image::components::{BuildOptions, Cache, Error, Lockfile, build_all};
+use cairn_image::components::Lockfile;
 use cairn_image::{elf, oci};
 
 const WARM_HINT: &str = "the real component cache has no containerd v2.2.9: run \
@@ -39,27 +39,8 @@ fn workspace_root() -> PathBuf {
 }
 
 /// `containerd` and `ctr` from the warm component cache.
-fn containerd_binaries(lock: &Lockfile) -> (PathBuf, PathBuf) {
-    let cache = Cache::from_env();
-    let opts = BuildOptions {
-        offline: true,
-        only: vec!["containerd".into()],
-        ..BuildOptions::default()
-    };
-    let report = match build_all(lock, &cache, &opts) {
-        Ok(r) => r,
-        Err(Error::OfflineMissing { missing }) => {
-            panic!(
-                "{WARM_HINT}; missing from {}: {}",
-                cache.root().display(),
-                missing.join(", ")
-            )
-        }
-        Err(e) => panic!(
-            "{WARM_HINT}; offline build_all on {} failed: {e}",
-            cache.root().display()
-        ),
-    };
+fn containerd_binaries() -> (PathBuf, PathBuf) {
+    let report = cairn_image::components::cached(&["containerd"]).unwrap_or_else(|e| panic!("{e}"));
     let get = |b: &str| {
         let p = report
             .binary("containerd", b)
@@ -285,7 +266,7 @@ fn pause_archive_imports_into_real_containerd() {
     let t0 = Instant::now();
     let lock_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("components.toml");
     let lock = Lockfile::load(&lock_path).unwrap_or_else(|e| panic!("loading {}: {e}", lock_path.display()));
-    let (containerd, ctr) = containerd_binaries(&lock);
+    let (containerd, ctr) = containerd_binaries();
     let t_components = t0.elapsed();
 
     let t1 = Instant::now();

@@ -19,7 +19,7 @@ pub use cache::{Cache, CacheStatus};
 pub use deb::DebEntry;
 pub use go::GoEntry;
 pub use lockfile::{BuildSettings, DebPackage, GoBinary, GoComponent, Lockfile, SemVer, rfc3339};
-pub use run::{BuildOptions, BuildReport, ReportRow, build_all};
+pub use run::{BuildOptions, BuildReport, ReportRow, build_all, cached};
 pub use update::update;
 
 use std::path::PathBuf;
@@ -68,6 +68,12 @@ pub enum Error {
         expected: String,
         actual: String,
     },
+    #[error(
+        "the component cache {} lacks {}: run `cargo run --release -p cairn-image -- components build` first",
+        cache.display(),
+        missing.join(", ")
+    )]
+    NotCached { cache: PathBuf, missing: Vec<String> },
     #[error("offline and the cache is cold; missing: {}", missing.join(", "))]
     OfflineMissing { missing: Vec<String> },
     #[error("{0}")]

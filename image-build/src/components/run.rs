@@ -231,6 +231,45 @@ fn prune(cache: &Cache, keep: &[PathBuf]) {
     }
 }
 
+/// The cached entries of `names` (Go components or Debian packages) from the
+/// repository's lockfile and the default cache, for tests and tools that need the
+/// real components. Builds nothing: an absent, damaged or outdated entry is an
+/// error that names it and says how to fill the cache.
+pub fn cached(names: &[&str]) -> Result<BuildReport, Error> {
+    let lock = Lockfile::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("components.toml"))?;
+    let cache = Cache::from_env();
+    let mut missing = Vec::new();
+    for name in names {
+        if let Some(c) = lock.go_component(name) {
+            let usable = matches!(cache::check_entry(&go::entry_dir(&lock, &cache, c)?)?, EntryState::Valid(m) if pins_match(c, &m));
+            if !usable {
+                missing.push(format!("{} {}", c.name, c.version));
+            }
+        } else if let Some(d) = lock.deb_package(name) {
+            if !deb::is_cached(&cache, d)? {
+                missing.push(format!("deb {} {}", d.name, d.version));
+            }
+        } else {
+            missing.push(format!("{name} (not in the lockfile)"));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::NotCached {
+            cache: cache.root().to_path_buf(),
+            missing,
+        });
+    }
+    build_all(
+        &lock,
+        &cache,
+        &BuildOptions {
+            offline: true,
+            only: names.iter().map(|n| n.to_string()).collect(),
+            ..BuildOptions::default()
+        },
+    )
+}
+
 fn pins_match(c: &super::GoComponent, m: &cache::Manifest) -> bool {
     c.binaries
         .iter()

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use cairn_image::components::{BuildOptions, Cache, Lockfile, build_all};
 use cairn_machine_config::MachineConfig;
 use cairn_pki::{ClusterParams, Existing, Hostname, OffsetDateTime, paths};
 use cairn_services::{ControlPlaneOptions, Paths, Ports, control_plane};
@@ -40,35 +39,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The pinned binaries, linked into one directory (the catalog expects one `bin`).
 fn components(bin: &Path) -> Result<()> {
-    let lock_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../image-build/components.toml");
-    let lock =
-        Lockfile::load(&lock_path).with_context(|| format!("loading {}", lock_path.display()))?;
-    let cache = Cache::from_env();
-    // A cheap look first, so a cold cache is reported rather than built into.
-    let present: Vec<String> = std::fs::read_dir(cache.components())
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
-    for name in ["etcd", "kubernetes"] {
-        let c = lock
-            .go_component(name)
-            .ok_or_else(|| anyhow!("{name} is not in {}", lock_path.display()))?;
-        let prefix = format!("{}-{}-", c.name, c.version);
-        if !present.iter().any(|p| p.starts_with(&prefix)) {
-            bail!(
-                "{WARM_HINT} (no {prefix}* under {})",
-                cache.components().display()
-            );
-        }
-    }
-    let opts = BuildOptions {
-        offline: true,
-        only: vec!["etcd".into(), "kubernetes".into()],
-        ..BuildOptions::default()
-    };
-    let report = build_all(&lock, &cache, &opts).map_err(|e| anyhow!("{WARM_HINT}: {e}"))?;
+    let report = cairn_image::components::cached(&["etcd", "kubernetes"])?;
     std::fs::create_dir_all(bin).with_context(|| format!("creating {}", bin.display()))?;
     for (component, binary) in [
         ("etcd", "etcd"),

@@ -21,12 +21,11 @@
 //! the tests fail with that instruction; they never pass vacuously.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use cairn_image::components::{BuildOptions, Cache, Lockfile, build_all};
+use anyhow::{Context as _, Result, anyhow, ensure};
 use cairn_machine_config::MachineConfig;
 use cairn_services::Paths;
 use cairn_services::cni::CniConfig;
@@ -55,35 +54,7 @@ fn bins() -> Result<&'static Bins> {
 }
 
 fn resolve() -> Result<Bins> {
-    let lock_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../image-build/components.toml");
-    let lock =
-        Lockfile::load(&lock_path).with_context(|| format!("loading {}", lock_path.display()))?;
-    let cache = Cache::from_env();
-    // A cheap look first, so a cold cache is reported rather than built into.
-    let present: Vec<String> = std::fs::read_dir(cache.components())
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
-    for name in COMPONENTS {
-        let c = lock
-            .go_component(name)
-            .ok_or_else(|| anyhow!("{name} is not in {}", lock_path.display()))?;
-        let prefix = format!("{}-{}-", c.name, c.version);
-        if !present.iter().any(|p| p.starts_with(&prefix)) {
-            bail!(
-                "{WARM_HINT} (no {prefix}* under {})",
-                cache.components().display()
-            );
-        }
-    }
-    let opts = BuildOptions {
-        offline: true,
-        only: COMPONENTS.iter().map(|c| c.to_string()).collect(),
-        ..BuildOptions::default()
-    };
-    let report = build_all(&lock, &cache, &opts).map_err(|e| anyhow!("{WARM_HINT}: {e}"))?;
+    let report = cairn_image::components::cached(&COMPONENTS)?;
     let binary = |component: &str, name: &str| -> Result<PathBuf> {
         let path = report.binary(component, name)?;
         ensure!(path.is_file(), "{WARM_HINT}: {} is missing", path.display());
