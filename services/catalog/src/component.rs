@@ -1,6 +1,6 @@
-//! The shape the controller-manager and the scheduler share: a Kubernetes
-//! component that talks to the API server, serves its own health on a loopback
-//! port with a self-signed certificate, and is always restarted.
+//! The shape the Kubernetes components share: always restarted, probed every
+//! 500 ms until ready, 10 s to stop. The controller-manager and the scheduler also
+//! share their dependency (the API server) and their loopback health endpoint.
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,11 +18,17 @@ pub fn loopback_healthz(secure_port: u16) -> Probe {
 /// A supervised component that depends on the API server and is probed on its
 /// loopback health port.
 pub fn apiserver_client_spec(name: &str, binary: &Path, args: Vec<String>, secure_port: u16) -> ServiceSpec {
-    ServiceSpec::new(name, binary)
+    kubernetes_component(name, binary, args, "/usr/bin:/bin", &[crate::kube_apiserver::NAME], loopback_healthz(secure_port))
+}
+
+/// A long-running Kubernetes component with the given dependencies and probe.
+pub fn kubernetes_component(name: &str, binary: &Path, args: Vec<String>, path_env: &str, depends_on: &[&str], readiness: Probe) -> ServiceSpec {
+    depends_on
+        .iter()
+        .fold(ServiceSpec::new(name, binary), |spec, dep| spec.depends_on(*dep))
         .args(args)
-        .env("PATH", "/usr/bin:/bin")
-        .depends_on(crate::kube_apiserver::NAME)
-        .readiness(loopback_healthz(secure_port))
+        .env("PATH", path_env)
+        .readiness(readiness)
         .probe_settings(ProbeSettings {
             initial_period: Duration::from_millis(500),
             ..ProbeSettings::default()

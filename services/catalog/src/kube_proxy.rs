@@ -16,11 +16,10 @@
 //! in the kernel while it is down.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use cairn_machine_config::{Cidr, MachineConfig, Role};
 use cairn_pki::paths;
-use cairn_supervisor::{Probe, ProbeSettings, RestartPolicy, ServiceSpec};
+use cairn_supervisor::{Probe, ServiceSpec};
 use serde::Serialize;
 
 use crate::files::{RenderError, run_path};
@@ -100,20 +99,9 @@ impl KubeProxyConfig {
 /// The supervised service. The config file must have been written first
 /// ([`KubeProxyConfig::write`]).
 pub fn spec(cfg: &KubeProxyConfig) -> ServiceSpec {
-    let mut spec = ServiceSpec::new(NAME, &cfg.binary)
-        .args(cfg.args())
-        // nft is in /usr/sbin.
-        .env("PATH", "/usr/bin:/usr/sbin:/bin:/sbin");
-    if cfg.depends_on_apiserver {
-        spec = spec.depends_on(crate::kube_apiserver::NAME);
-    }
-    spec.readiness(cfg.readiness())
-        .probe_settings(ProbeSettings {
-            initial_period: Duration::from_millis(500),
-            ..ProbeSettings::default()
-        })
-        .restart(RestartPolicy::Always)
-        .stop_timeout(Duration::from_secs(10))
+    let deps: &[&str] = if cfg.depends_on_apiserver { &[crate::kube_apiserver::NAME] } else { &[] };
+    // nft is in /usr/sbin.
+    crate::component::kubernetes_component(NAME, &cfg.binary, cfg.args(), "/usr/bin:/usr/sbin:/bin:/sbin", deps, cfg.readiness())
 }
 
 /// `KubeProxyConfiguration`: only what cairn sets; kube-proxy defaults the rest.

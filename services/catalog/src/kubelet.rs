@@ -25,11 +25,10 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use cairn_machine_config::{MachineConfig, Role};
 use cairn_pki::paths;
-use cairn_supervisor::{Probe, ProbeSettings, RestartPolicy, ServiceSpec};
+use cairn_supervisor::{Probe, ServiceSpec};
 use serde::Serialize;
 
 use crate::files::{RenderError, run_path};
@@ -185,20 +184,11 @@ impl KubeletConfig {
 /// The supervised service. The config file must have been written first
 /// ([`KubeletConfig::write`]).
 pub fn spec(cfg: &KubeletConfig) -> ServiceSpec {
-    let mut spec = ServiceSpec::new(NAME, &cfg.binary)
-        .args(cfg.args())
-        .env("PATH", "/usr/bin:/usr/sbin:/bin:/sbin")
-        .depends_on(crate::containerd::NAME);
+    let mut deps = vec![crate::containerd::NAME];
     if cfg.depends_on_apiserver {
-        spec = spec.depends_on(crate::kube_apiserver::NAME);
+        deps.push(crate::kube_apiserver::NAME);
     }
-    spec.readiness(cfg.readiness())
-        .probe_settings(ProbeSettings {
-            initial_period: Duration::from_millis(500),
-            ..ProbeSettings::default()
-        })
-        .restart(RestartPolicy::Always)
-        .stop_timeout(Duration::from_secs(10))
+    crate::component::kubernetes_component(NAME, &cfg.binary, cfg.args(), "/usr/bin:/usr/sbin:/bin:/sbin", &deps, cfg.readiness())
 }
 
 /// `KubeletConfiguration`: only what cairn sets; kubelet defaults the rest.
