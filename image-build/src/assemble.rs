@@ -310,7 +310,10 @@ mod tests {
     fn reproducible_and_input_sensitive() {
         if !have_tools() {
             let skip_reason = "mksquashfs/objcopy/qemu-img/systemd-boot not installed; skipping";
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "under CI every test must run; missing: {skip_reason}"
+            );
             eprintln!("mksquashfs/objcopy/qemu-img/systemd-boot not installed; skipping");
             return;
         }

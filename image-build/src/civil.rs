@@ -20,7 +20,12 @@ pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
 pub fn rfc3339(secs: u64) -> String {
     let (y, m, d) = civil_from_days(secs / 86_400);
     let rem = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3_600, (rem % 3_600) / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        (rem % 3_600) / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

@@ -454,7 +454,10 @@ mod tests {
             .spawn()
         else {
             let skip_reason = "cpio not installed; skipping";
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "under CI every test must run; missing: {skip_reason}"
+            );
             eprintln!("cpio not installed; skipping");
             return;
         };

@@ -359,7 +359,10 @@ mod tests {
             .output()
         else {
             let skip_reason = "sgdisk not installed; skipping";
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "under CI every test must run; missing: {skip_reason}"
+            );
             eprintln!("sgdisk not installed; skipping");
             return;
         };

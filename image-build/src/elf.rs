@@ -60,16 +60,23 @@ fn needs_of(data: &[u8]) -> Result<ElfNeeds, String> {
     let header = elf::FileHeader64::<object::Endianness>::parse(data).map_err(|e| e.to_string())?;
     let endian = header.endian().map_err(|e| e.to_string())?;
     let mut out = ElfNeeds::default();
-    for ph in header.program_headers(endian, data).map_err(|e| e.to_string())? {
+    for ph in header
+        .program_headers(endian, data)
+        .map_err(|e| e.to_string())?
+    {
         if ph.p_type(endian) == elf::PT_INTERP {
-            let bytes = ph.data(endian, data).map_err(|()| "bad PT_INTERP".to_string())?;
+            let bytes = ph
+                .data(endian, data)
+                .map_err(|()| "bad PT_INTERP".to_string())?;
             let s = bytes.split(|b| *b == 0).next().unwrap_or_default();
             out.interpreter = Some(String::from_utf8_lossy(s).into_owned());
         }
     }
     let sections = header.sections(endian, data).map_err(|e| e.to_string())?;
     if let Some((dyns, link)) = sections.dynamic(endian, data).map_err(|e| e.to_string())? {
-        let strings = sections.strings(endian, data, link).map_err(|e| e.to_string())?;
+        let strings = sections
+            .strings(endian, data, link)
+            .map_err(|e| e.to_string())?;
         for d in dyns {
             if d.tag(endian) == elf::DT_NEEDED {
                 let name = d.string(endian, strings).map_err(|e| e.to_string())?;
@@ -88,7 +95,10 @@ mod tests {
     fn dynamic_host_binary_has_interpreter_and_libc() {
         let sh = Path::new("/bin/sh");
         let n = needs(sh).expect("parse /bin/sh");
-        assert!(n.interpreter.as_deref().unwrap_or("").contains("ld-linux"), "{n:?}");
+        assert!(
+            n.interpreter.as_deref().unwrap_or("").contains("ld-linux"),
+            "{n:?}"
+        );
         assert!(n.needed.iter().any(|l| l.starts_with("libc.so")), "{n:?}");
         assert!(!n.is_static());
         assert!(is_elf(sh));

@@ -37,26 +37,82 @@ pub enum ImageError {
 }
 
 /// The Debian packages whose files the image carries (besides the kernel).
-const USERLAND_DEBS: &[&str] = &["libc6", "libgcc-s1", "e2fsprogs", "libext2fs2", "libcom-err2", "libss2", "libblkid1", "libuuid1"];
+const USERLAND_DEBS: &[&str] = &[
+    "libc6",
+    "libgcc-s1",
+    "e2fsprogs",
+    "libext2fs2",
+    "libcom-err2",
+    "libss2",
+    "libblkid1",
+    "libuuid1",
+];
 /// e2fsprogs tools the init runs to format and grow STATE and DATA.
 const E2FS_TOOLS: &[&str] = &["mke2fs", "resize2fs", "e2fsck"];
 /// Upstream binaries in /usr/bin: (component, binary).
 const UPSTREAM_BINARIES: &[(&str, &str)] = &[("etcd", "etcd"), ("etcd", "etcdctl")];
 
 /// Drivers the initramfs needs to find and mount the system slot.
-const INITRAMFS_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "nvme", "ahci", "squashfs"];
+const INITRAMFS_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+    "nvme",
+    "ahci",
+    "squashfs",
+];
 /// Modules the system image carries, by name ...
 const SYSTEM_MODULES: &[&str] = &[
-    "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "virtio_rng", "virtio_console", "virtio_balloon",
-    "sd_mod", "nvme", "ahci", "ata_piix", "e1000", "e1000e", "igb", "ixgbe", "r8169", "tg3",
-    "squashfs", "ext4", "crc32c_generic", "crc32c_intel", "overlay", "vfat", "nls_cp437", "nls_ascii",
-    "evdev", "button", "qemu_fw_cfg", "veth", "bridge", "br_netfilter", "vxlan", "dummy",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_net",
+    "virtio_rng",
+    "virtio_console",
+    "virtio_balloon",
+    "sd_mod",
+    "nvme",
+    "ahci",
+    "ata_piix",
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "r8169",
+    "tg3",
+    "squashfs",
+    "ext4",
+    "crc32c_generic",
+    "crc32c_intel",
+    "overlay",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "evdev",
+    "button",
+    "qemu_fw_cfg",
+    "veth",
+    "bridge",
+    "br_netfilter",
+    "vxlan",
+    "dummy",
 ];
 /// ... and by directory (netfilter for kube-proxy and CNI).
-const SYSTEM_MODULE_DIRS: &[&str] = &["kernel/net/netfilter/", "kernel/net/ipv4/netfilter/", "kernel/net/ipv6/netfilter/", "kernel/net/bridge/"];
+const SYSTEM_MODULE_DIRS: &[&str] = &[
+    "kernel/net/netfilter/",
+    "kernel/net/ipv4/netfilter/",
+    "kernel/net/ipv6/netfilter/",
+    "kernel/net/bridge/",
+];
 
 /// The dirs and merged-/usr links both trees share.
-const MERGED_USR: &[(&str, &str)] = &[("/bin", "usr/bin"), ("/sbin", "usr/sbin"), ("/lib", "usr/lib"), ("/lib64", "usr/lib64")];
+const MERGED_USR: &[(&str, &str)] = &[
+    ("/bin", "usr/bin"),
+    ("/sbin", "usr/sbin"),
+    ("/lib", "usr/lib"),
+    ("/lib64", "usr/lib64"),
+];
 
 #[derive(Debug, Clone)]
 pub struct ImageOptions {
@@ -99,7 +155,10 @@ pub fn build(lock: &Lockfile, cache: &Cache, opts: &ImageOptions) -> Result<Summ
         .iter()
         .find(|d| d.name.starts_with("linux-image-"))
         .ok_or_else(|| ImageError::Input("the lockfile pins no linux-image-* package".into()))?;
-    let mut only: Vec<String> = UPSTREAM_BINARIES.iter().map(|(c, _)| c.to_string()).collect();
+    let mut only: Vec<String> = UPSTREAM_BINARIES
+        .iter()
+        .map(|(c, _)| c.to_string())
+        .collect();
     only.dedup();
     only.extend(USERLAND_DEBS.iter().map(|s| s.to_string()));
     only.push(kernel_pkg.name.clone());
@@ -117,21 +176,35 @@ pub fn build(lock: &Lockfile, cache: &Cache, opts: &ImageOptions) -> Result<Summ
     let kroot = report.deb_root(&kernel_pkg.name)?.to_path_buf();
     let release = kernel_release(&kroot)?;
     let modules = ModuleTree::scan(&kroot.join("lib/modules").join(&release))?;
-    let roots: Vec<&Path> = USERLAND_DEBS.iter().map(|d| report.deb_root(d)).collect::<Result<_, _>>()?;
+    let roots: Vec<&Path> = USERLAND_DEBS
+        .iter()
+        .map(|d| report.deb_root(d))
+        .collect::<Result<_, _>>()?;
     let resolver = LibResolver::new(&roots);
 
     let scratch = cache.scratch("image")?;
     let rootfs = Tree::new(&scratch.path().join("rootfs"))?;
     let module_count = system_tree(&rootfs, &report, &resolver, &modules, &release, opts)?;
-    let initramfs = initramfs(lock.build.source_date_epoch, &opts.init, &resolver, &modules, &release)?;
+    let initramfs = initramfs(
+        lock.build.source_date_epoch,
+        &opts.init,
+        &resolver,
+        &modules,
+        &release,
+    )?;
 
-    let sdboot = report.deb_root("systemd-boot-efi")?.join("usr/lib/systemd/boot/efi");
+    let sdboot = report
+        .deb_root("systemd-boot-efi")?
+        .join("usr/lib/systemd/boot/efi");
     let inputs = ImageInputs {
         kernel: kroot.join("boot").join(format!("vmlinuz-{release}")),
         initramfs: initramfs.clone(),
-        cmdline: format!("console=tty0 console=ttyS0,115200 loglevel=4 panic=10 cairn.slot=a {}", opts.cmdline_extra)
-            .trim()
-            .to_string(),
+        cmdline: format!(
+            "console=tty0 console=ttyS0,115200 loglevel=4 panic=10 cairn.slot=a {}",
+            opts.cmdline_extra
+        )
+        .trim()
+        .to_string(),
         os_release: os_release(),
         rootfs_dir: rootfs.root.clone(),
         systemd_boot: sdboot.join("systemd-bootx64.efi"),
@@ -172,18 +245,41 @@ fn kernel_release(kroot: &Path) -> Result<String, ImageError> {
     releases.sort();
     match releases.as_slice() {
         [one] => Ok(one.clone()),
-        other => Err(ImageError::Input(format!("expected one kernel release in {}, found {other:?}", dir.display()))),
+        other => Err(ImageError::Input(format!(
+            "expected one kernel release in {}, found {other:?}",
+            dir.display()
+        ))),
     }
 }
 
 fn os_release() -> String {
     let v = env!("CARGO_PKG_VERSION");
-    format!("NAME=cairn\nID=cairn\nVERSION_ID={v}\nPRETTY_NAME=\"cairn {v}\"\nHOME_URL=\"https://cairn.invalid/\"\n")
+    format!(
+        "NAME=cairn\nID=cairn\nVERSION_ID={v}\nPRETTY_NAME=\"cairn {v}\"\nHOME_URL=\"https://cairn.invalid/\"\n"
+    )
 }
 
 /// The system image's tree; returns how many kernel modules it carries.
-fn system_tree(t: &Tree, report: &BuildReport, resolver: &LibResolver, modules: &ModuleTree, release: &str, opts: &ImageOptions) -> Result<usize, ImageError> {
-    for d in ["/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib64", "/proc", "/sys", "/dev", "/run", "/var", "/state"] {
+fn system_tree(
+    t: &Tree,
+    report: &BuildReport,
+    resolver: &LibResolver,
+    modules: &ModuleTree,
+    release: &str,
+    opts: &ImageOptions,
+) -> Result<usize, ImageError> {
+    for d in [
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/lib",
+        "/usr/lib64",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/run",
+        "/var",
+        "/state",
+    ] {
         t.dir(d, 0o755)?;
     }
     t.dir("/tmp", 0o1777)?;
@@ -193,7 +289,11 @@ fn system_tree(t: &Tree, report: &BuildReport, resolver: &LibResolver, modules: 
     let mut dynamic = vec![opts.init.clone()];
     t.copy(&opts.init, "/usr/bin/cairn-init", 0o755)?;
     for (component, binary) in UPSTREAM_BINARIES {
-        t.copy(&report.binary(component, binary)?, &format!("/usr/bin/{binary}"), 0o755)?;
+        t.copy(
+            &report.binary(component, binary)?,
+            &format!("/usr/bin/{binary}"),
+            0o755,
+        )?;
     }
     let e2fs = report.deb_root("e2fsprogs")?;
     for tool in E2FS_TOOLS {
@@ -209,9 +309,17 @@ fn system_tree(t: &Tree, report: &BuildReport, resolver: &LibResolver, modules: 
     modules.install(&set, &t.root.join("usr/lib/modules").join(release))?;
 
     t.file("/etc/os-release", 0o644, os_release().as_bytes())?;
-    t.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/usr/sbin/nologin\n")?;
+    t.file(
+        "/etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/usr/sbin/nologin\n",
+    )?;
     t.file("/etc/group", 0o644, b"root:x:0:\ntty:x:5:\n")?;
-    t.file("/etc/nsswitch.conf", 0o644, b"passwd: files\ngroup: files\nhosts: files dns\n")?;
+    t.file(
+        "/etc/nsswitch.conf",
+        0o644,
+        b"passwd: files\ngroup: files\nhosts: files dns\n",
+    )?;
     for f in ["machine-id", "hostname", "hosts", "resolv.conf"] {
         t.symlink(&format!("/etc/{f}"), &format!("/run/cairn/{f}"))?;
     }
@@ -229,19 +337,46 @@ fn usr_path(p: &str) -> String {
 }
 
 /// The initramfs: just enough to find and mount the system slot.
-fn initramfs(epoch: u64, init: &Path, resolver: &LibResolver, modules: &ModuleTree, release: &str) -> Result<Vec<u8>, ImageError> {
+fn initramfs(
+    epoch: u64,
+    init: &Path,
+    resolver: &LibResolver,
+    modules: &ModuleTree,
+    release: &str,
+) -> Result<Vec<u8>, ImageError> {
     let mut c = CpioBuilder::new(epoch);
-    for d in ["/dev", "/proc", "/sys", "/run", "/sysroot", "/usr/lib", "/usr/lib64", "/usr/bin"] {
+    for d in [
+        "/dev",
+        "/proc",
+        "/sys",
+        "/run",
+        "/sysroot",
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/bin",
+    ] {
         c.add_dir(d, 0o755)?;
     }
     c.add_char_device("/dev/console", 0o600, 5, 1)?;
     for (link, target) in MERGED_USR {
         c.add_symlink(link, target)?;
     }
-    c.add_file("/init", 0o755, std::fs::read(init).map_err(io("reading", init))?)?;
+    c.add_file(
+        "/init",
+        0o755,
+        std::fs::read(init).map_err(io("reading", init))?,
+    )?;
     for (name, file) in resolver.closure(&[init.to_path_buf()])? {
-        let dest = if name.starts_with('/') { usr_path(&name) } else { format!("/usr/lib/x86_64-linux-gnu/{name}") };
-        c.add_file(&dest, 0o755, std::fs::read(&file).map_err(io("reading", &file))?)?;
+        let dest = if name.starts_with('/') {
+            usr_path(&name)
+        } else {
+            format!("/usr/lib/x86_64-linux-gnu/{name}")
+        };
+        c.add_file(
+            &dest,
+            0o755,
+            std::fs::read(&file).map_err(io("reading", &file))?,
+        )?;
     }
     let wanted: Vec<String> = INITRAMFS_MODULES.iter().map(|s| s.to_string()).collect();
     let set = modules.closure(&wanted)?;
@@ -249,14 +384,22 @@ fn initramfs(epoch: u64, init: &Path, resolver: &LibResolver, modules: &ModuleTr
     for name in &set {
         let rel = &modules.modules[name].rel;
         let src = modules.dir.join(rel);
-        c.add_file(&format!("{base}/{}", rel.display()), 0o644, std::fs::read(&src).map_err(io("reading", &src))?)?;
+        c.add_file(
+            &format!("{base}/{}", rel.display()),
+            0o644,
+            std::fs::read(&src).map_err(io("reading", &src))?,
+        )?;
     }
     let (dep, alias) = modules.index(&set);
     c.add_file(&format!("{base}/modules.dep"), 0o644, dep)?;
     c.add_file(&format!("{base}/modules.alias"), 0o644, alias)?;
     let builtin = modules.dir.join("modules.builtin");
     if builtin.is_file() {
-        c.add_file(&format!("{base}/modules.builtin"), 0o644, std::fs::read(&builtin).map_err(io("reading", &builtin))?)?;
+        c.add_file(
+            &format!("{base}/modules.builtin"),
+            0o644,
+            std::fs::read(&builtin).map_err(io("reading", &builtin))?,
+        )?;
     }
     Ok(c.finish_gzip()?)
 }
@@ -267,8 +410,14 @@ mod tests {
 
     #[test]
     fn merged_usr_paths() {
-        assert_eq!(usr_path("/lib64/ld-linux-x86-64.so.2"), "/usr/lib64/ld-linux-x86-64.so.2");
-        assert_eq!(usr_path("/lib/x86_64-linux-gnu/libc.so.6"), "/usr/lib/x86_64-linux-gnu/libc.so.6");
+        assert_eq!(
+            usr_path("/lib64/ld-linux-x86-64.so.2"),
+            "/usr/lib64/ld-linux-x86-64.so.2"
+        );
+        assert_eq!(
+            usr_path("/lib/x86_64-linux-gnu/libc.so.6"),
+            "/usr/lib/x86_64-linux-gnu/libc.so.6"
+        );
         assert_eq!(usr_path("/library"), "/library");
         assert_eq!(usr_path("/usr/lib/x"), "/usr/lib/x");
     }

@@ -54,7 +54,11 @@ pub fn parse_modinfo(section: &[u8]) -> (Vec<String>, Vec<String>) {
     for entry in section.split(|b| *b == 0).filter(|e| !e.is_empty()) {
         let s = String::from_utf8_lossy(entry);
         if let Some(d) = s.strip_prefix("depends=") {
-            depends.extend(d.split(',').filter(|x| !x.is_empty()).map(|x| x.replace('-', "_")));
+            depends.extend(
+                d.split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(|x| x.replace('-', "_")),
+            );
         } else if let Some(a) = s.strip_prefix("alias=") {
             aliases.push(a.to_string());
         }
@@ -72,10 +76,12 @@ fn modinfo_section(path: &Path) -> Result<Vec<u8>, ModulesError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let section = file.section_by_name(".modinfo").ok_or_else(|| ModulesError::Parse {
-        path: path.to_path_buf(),
-        reason: "no .modinfo section".into(),
-    })?;
+    let section = file
+        .section_by_name(".modinfo")
+        .ok_or_else(|| ModulesError::Parse {
+            path: path.to_path_buf(),
+            reason: "no .modinfo section".into(),
+        })?;
     Ok(section
         .data()
         .map_err(|e| ModulesError::Parse {
@@ -94,17 +100,33 @@ impl ModuleTree {
         };
         let mut stack = vec![modules_dir.join("kernel")];
         while let Some(dir) = stack.pop() {
-            let entries = std::fs::read_dir(&dir).map_err(|source| ModulesError::Io { path: dir.clone(), source })?;
+            let entries = std::fs::read_dir(&dir).map_err(|source| ModulesError::Io {
+                path: dir.clone(),
+                source,
+            })?;
             for e in entries {
-                let e = e.map_err(|source| ModulesError::Io { path: dir.clone(), source })?;
+                let e = e.map_err(|source| ModulesError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
                 let path = e.path();
                 let name = e.file_name().to_string_lossy().into_owned();
                 if path.is_dir() {
                     stack.push(path);
                 } else if name.ends_with(".ko") {
                     let (depends, aliases) = parse_modinfo(&modinfo_section(&path)?);
-                    let rel = path.strip_prefix(modules_dir).unwrap_or(&path).to_path_buf();
-                    tree.modules.insert(module_name(&name), ModInfo { rel, depends, aliases });
+                    let rel = path
+                        .strip_prefix(modules_dir)
+                        .unwrap_or(&path)
+                        .to_path_buf();
+                    tree.modules.insert(
+                        module_name(&name),
+                        ModInfo {
+                            rel,
+                            depends,
+                            aliases,
+                        },
+                    );
                 }
             }
         }
@@ -137,7 +159,10 @@ impl ModuleTree {
             }
             for d in &self.modules[&n].depends {
                 if !self.modules.contains_key(d) {
-                    return Err(ModulesError::MissingDep { module: n.clone(), dep: d.clone() });
+                    return Err(ModulesError::MissingDep {
+                        module: n.clone(),
+                        dep: d.clone(),
+                    });
                 }
                 stack.push(d.clone());
             }
@@ -174,7 +199,10 @@ impl ModuleTree {
                 .iter()
                 .map(|d| self.modules[d].rel.to_string_lossy().into_owned())
                 .collect();
-            dep.push_str(&format!("{}: {}\n", m.rel.to_string_lossy(), deps.join(" ")).replace(": \n", ":\n"));
+            dep.push_str(
+                &format!("{}: {}\n", m.rel.to_string_lossy(), deps.join(" "))
+                    .replace(": \n", ":\n"),
+            );
             for a in &m.aliases {
                 alias.push_str(&format!("alias {a} {name}\n"));
             }
@@ -233,7 +261,8 @@ mod tests {
 
     #[test]
     fn modinfo_parsing() {
-        let (d, a) = parse_modinfo(b"license=GPL\0depends=virtio,virtio_ring\0alias=virtio:d00000002v*\0\0");
+        let (d, a) =
+            parse_modinfo(b"license=GPL\0depends=virtio,virtio_ring\0alias=virtio:d00000002v*\0\0");
         assert_eq!(d, vec!["virtio", "virtio_ring"]);
         assert_eq!(a, vec!["virtio:d00000002v*"]);
         let (d, _) = parse_modinfo(b"depends=\0");
@@ -242,15 +271,32 @@ mod tests {
 
     #[test]
     fn closure_and_depmod_order() {
-        let t = tree(&[("ext4", &["jbd2", "mbcache", "crc16"]), ("jbd2", &[]), ("mbcache", &[]), ("crc16", &[]), ("nf_nat", &["nf_conntrack"]), ("nf_conntrack", &["libcrc32c"]), ("libcrc32c", &[])]);
+        let t = tree(&[
+            ("ext4", &["jbd2", "mbcache", "crc16"]),
+            ("jbd2", &[]),
+            ("mbcache", &[]),
+            ("crc16", &[]),
+            ("nf_nat", &["nf_conntrack"]),
+            ("nf_conntrack", &["libcrc32c"]),
+            ("libcrc32c", &[]),
+        ]);
         let set = t.closure(&["nf_nat".into()]).expect("closure");
-        assert_eq!(set.iter().cloned().collect::<Vec<_>>(), vec!["libcrc32c", "nf_conntrack", "nf_nat"]);
+        assert_eq!(
+            set.iter().cloned().collect::<Vec<_>>(),
+            vec!["libcrc32c", "nf_conntrack", "nf_nat"]
+        );
         let (dep, alias) = t.index(&set);
         // nf_nat's deps: nf_conntrack first, libcrc32c last (loaded first).
-        assert!(dep.contains("kernel/x/nf_nat.ko: kernel/x/nf_conntrack.ko kernel/x/libcrc32c.ko\n"), "{dep}");
+        assert!(
+            dep.contains("kernel/x/nf_nat.ko: kernel/x/nf_conntrack.ko kernel/x/libcrc32c.ko\n"),
+            "{dep}"
+        );
         assert!(dep.contains("kernel/x/libcrc32c.ko:\n"), "{dep}");
         assert!(alias.contains("alias pattern:nf_nat* nf_nat\n"));
-        assert!(matches!(t.closure(&["nope".into()]), Err(ModulesError::Unknown(_))));
+        assert!(matches!(
+            t.closure(&["nope".into()]),
+            Err(ModulesError::Unknown(_))
+        ));
     }
 
     #[test]

@@ -9,7 +9,10 @@ use cairn_image::components::{self, BuildOptions, Cache, Lockfile};
 use cairn_image::image::{self, ImageOptions};
 
 #[derive(Parser)]
-#[command(name = "cairn-image", about = "Build cairn's components and disk image")]
+#[command(
+    name = "cairn-image",
+    about = "Build cairn's components and disk image"
+)]
 struct Cli {
     /// The component lockfile.
     #[arg(long, global = true, default_value_os_t = default_lockfile())]
@@ -54,7 +57,10 @@ enum ComponentsCmd {
     /// After editing versions in the lockfile: regenerate wrappers and re-pin hashes.
     Update(BuildArgs),
     /// Print the cached path of a component's binary (or a package's extracted tree).
-    Path { name: String, binary: Option<String> },
+    Path {
+        name: String,
+        binary: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -116,8 +122,9 @@ fn run() -> Result<()> {
                 only: vec![name.clone()],
                 ..BuildOptions::default()
             };
-            let report = components::build_all(&lock, &cache, &opts)
-                .with_context(|| format!("`{name}` is not in the cache; run `cairn-image components build` first"))?;
+            let report = components::build_all(&lock, &cache, &opts).with_context(|| {
+                format!("`{name}` is not in the cache; run `cairn-image components build` first")
+            })?;
             let path = match binary {
                 Some(b) => report.binary(&name, &b)?,
                 None => match report.go.get(&name) {
@@ -127,7 +134,12 @@ fn run() -> Result<()> {
             };
             println!("{}", path.display());
         }
-        Cmd::Image(ImageCmd::Build { test_hooks, out, init, offline }) => {
+        Cmd::Image(ImageCmd::Build {
+            test_hooks,
+            out,
+            init,
+            offline,
+        }) => {
             let init = match init {
                 Some(path) => path,
                 None => build_init(test_hooks)?,
@@ -154,16 +166,30 @@ fn run() -> Result<()> {
 /// so the two binaries never overwrite each other.
 fn build_init(test_hooks: bool) -> Result<PathBuf> {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = workspace.join(if test_hooks { "target/test-hooks" } else { "target" });
+    let target = workspace.join(if test_hooks {
+        "target/test-hooks"
+    } else {
+        "target"
+    });
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
     cmd.current_dir(&workspace)
-        .args(["build", "--release", "--locked", "-p", "cairn-init", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "cairn-init",
+            "--target-dir",
+        ])
         .arg(&target);
     if test_hooks {
         cmd.args(["--features", "test-hooks"]);
     }
-    eprintln!("image: building cairn-init{}", if test_hooks { " (test hooks)" } else { "" });
+    eprintln!(
+        "image: building cairn-init{}",
+        if test_hooks { " (test hooks)" } else { "" }
+    );
     let status = cmd.status().context("running cargo to build cairn-init")?;
     anyhow::ensure!(status.success(), "building cairn-init failed ({status})");
     Ok(target.join("release/cairn-init"))

@@ -293,7 +293,10 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>, OciError> {
     let mut enc = flate2::GzBuilder::new()
         .mtime(0)
         .operating_system(255)
-        .write(Vec::with_capacity(bytes.len() / 2), flate2::Compression::best());
+        .write(
+            Vec::with_capacity(bytes.len() / 2),
+            flate2::Compression::best(),
+        );
     enc.write_all(bytes).map_err(OciError::Gzip)?;
     enc.finish().map_err(OciError::Gzip)
 }
@@ -313,7 +316,10 @@ fn check_reference(spec: &ImageSpec) -> Result<(), OciError> {
     };
     let name = spec.name.as_str();
     if name.is_empty() || name.starts_with('/') || name.ends_with('/') || name.contains("//") {
-        return bad(name, "repository must be non-empty path components separated by '/'");
+        return bad(
+            name,
+            "repository must be non-empty path components separated by '/'",
+        );
     }
     let (host, path) = match name.split_once('/') {
         Some((h, p)) if h.contains('.') || h.contains(':') || h == "localhost" => (Some(h), p),
@@ -324,14 +330,20 @@ fn check_reference(spec: &ImageSpec) -> Result<(), OciError> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
         if !ok {
-            return bad(name, "registry host has characters other than [A-Za-z0-9.-:]");
+            return bad(
+                name,
+                "registry host has characters other than [A-Za-z0-9.-:]",
+            );
         }
     }
-    let path_ok = path
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/'));
+    let path_ok = path.chars().all(|c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/')
+    });
     if !path_ok {
-        return bad(name, "repository path must be lowercase [a-z0-9._-] and '/'");
+        return bad(
+            name,
+            "repository path must be lowercase [a-z0-9._-] and '/'",
+        );
     }
     let tag = spec.tag.as_str();
     let tag_ok = !tag.is_empty()
@@ -358,7 +370,10 @@ fn clean_path(path: &str) -> Result<String, OciError> {
     if rel.is_empty() {
         return bad("empty");
     }
-    if rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if rel
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return bad("has an empty, '.' or '..' component");
     }
     if rel.bytes().any(|b| b == 0) {
@@ -443,7 +458,13 @@ fn write_tar(mut entries: Vec<Entry>, epoch: u64) -> Result<Vec<u8>, OciError> {
 
 /// One 512-byte ustar header: uid/gid 0, empty user/group names, long paths
 /// split into `prefix` + `name`.
-fn ustar_header(path: &str, mode: u32, size: u64, mtime: u64, typeflag: u8) -> Result<[u8; 512], OciError> {
+fn ustar_header(
+    path: &str,
+    mode: u32,
+    size: u64,
+    mtime: u64,
+    typeflag: u8,
+) -> Result<[u8; 512], OciError> {
     let too_long = || OciError::Path {
         path: path.to_string(),
         reason: "too long for a ustar header (name 100, prefix 155 bytes)",
@@ -454,7 +475,9 @@ fn ustar_header(path: &str, mode: u32, size: u64, mtime: u64, typeflag: u8) -> R
         // Split at a '/' so that name <= 100 and prefix <= 155 bytes.
         let bytes = path.as_bytes();
         let split = (0..bytes.len())
-            .rfind(|&i| bytes[i] == b'/' && i <= 155 && bytes.len() - i - 1 <= 100 && i + 1 < bytes.len())
+            .rfind(|&i| {
+                bytes[i] == b'/' && i <= 155 && bytes.len() - i - 1 <= 100 && i + 1 < bytes.len()
+            })
             .ok_or_else(too_long)?;
         (&path[..split], &path[split + 1..])
     };
@@ -643,7 +666,10 @@ mod tests {
         loop {
             let h = &bytes[off..off + 512];
             if h.iter().all(|b| *b == 0) {
-                assert!(bytes[off..].iter().all(|b| *b == 0), "data after the end blocks");
+                assert!(
+                    bytes[off..].iter().all(|b| *b == 0),
+                    "data after the end blocks"
+                );
                 assert_eq!(bytes.len() - off, 1024, "end is not two zero blocks");
                 return out;
             }
@@ -651,7 +677,11 @@ mod tests {
             copy.copy_from_slice(h);
             copy[148..156].copy_from_slice(b"        ");
             let sum: u64 = copy.iter().map(|b| u64::from(*b)).sum();
-            assert_eq!(field_octal(&h[148..156]), sum, "checksum of header at {off}");
+            assert_eq!(
+                field_octal(&h[148..156]),
+                sum,
+                "checksum of header at {off}"
+            );
             assert_eq!(&h[257..265], b"ustar\x0000");
             let prefix = field_str(&h[345..500]);
             let name = field_str(&h[..100]);
@@ -754,7 +784,9 @@ mod tests {
         let index = json(&index_entry.data);
         assert_eq!(index["schemaVersion"], 2);
         assert_eq!(index["mediaType"], MEDIA_INDEX);
-        let manifests = index["manifests"].as_array().unwrap_or_else(|| panic!("manifests"));
+        let manifests = index["manifests"]
+            .as_array()
+            .unwrap_or_else(|| panic!("manifests"));
         assert_eq!(manifests.len(), 1);
         let m = &manifests[0];
         assert_eq!(m["mediaType"], MEDIA_MANIFEST);
@@ -780,7 +812,9 @@ mod tests {
         let config_bytes = blob(&entries, &d.config);
         assert_eq!(hexsha(config_bytes), d.config);
         assert_eq!(manifest["config"]["size"], config_bytes.len() as u64);
-        let layers = manifest["layers"].as_array().unwrap_or_else(|| panic!("layers"));
+        let layers = manifest["layers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("layers"));
         assert_eq!(layers.len(), 1);
         assert_eq!(layers[0]["mediaType"], MEDIA_LAYER_GZIP);
         assert_eq!(layers[0]["digest"], d.layer.as_str());
@@ -803,7 +837,10 @@ mod tests {
         assert!(config["config"].get("User").is_none());
         assert_eq!(config["rootfs"]["type"], "layers");
         let layer_tar = gunzip(layer_gz);
-        assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!([hexsha(&layer_tar)]));
+        assert_eq!(
+            config["rootfs"]["diff_ids"],
+            serde_json::json!([hexsha(&layer_tar)])
+        );
         assert_eq!(d.diff_id, hexsha(&layer_tar));
         assert_ne!(d.diff_id, d.layer);
         assert_eq!(layer_tar, layer_tar_of_spec());
@@ -817,7 +854,10 @@ mod tests {
     #[test]
     fn oci_layer_entries_sorted_with_epoch_mtime_and_root_owner() {
         let entries = read_tar(&layer_tar_of_spec());
-        let listing: Vec<(&str, u8, u32)> = entries.iter().map(|e| (e.path.as_str(), e.typeflag, e.mode)).collect();
+        let listing: Vec<(&str, u8, u32)> = entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.typeflag, e.mode))
+            .collect();
         assert_eq!(
             listing,
             vec![
@@ -847,7 +887,11 @@ mod tests {
         assert_eq!(paths, sorted);
         assert_eq!(&paths[..2], &["blobs/", "blobs/sha256/"]);
         assert_eq!(&paths[paths.len() - 2..], &["index.json", "oci-layout"]);
-        assert!(outer.iter().all(|e| e.mtime == EPOCH && e.uid == 0 && e.gid == 0));
+        assert!(
+            outer
+                .iter()
+                .all(|e| e.mtime == EPOCH && e.uid == 0 && e.gid == 0)
+        );
     }
 
     /// GNU tar, an independent reader, lists the layer the same way.
@@ -862,7 +906,11 @@ mod tests {
             .env("TZ", "UTC")
             .output()
             .unwrap_or_else(|e| panic!("running tar: {e}"));
-        assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tar: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         let lines: Vec<String> = text
             .lines()
@@ -919,7 +967,10 @@ mod tests {
         for bad in ["", "/", "a/../b", "a//b", "./a", "a/"] {
             let mut s = spec();
             s.files[0].path = bad.into();
-            assert!(matches!(archive_bytes(&s), Err(OciError::Path { .. })), "{bad:?}");
+            assert!(
+                matches!(archive_bytes(&s), Err(OciError::Path { .. })),
+                "{bad:?}"
+            );
         }
         let mut dup = spec();
         dup.files.push(dup.files[0].clone());
@@ -934,7 +985,10 @@ mod tests {
             let mut s = spec();
             s.name = name.into();
             s.tag = tag.into();
-            assert!(matches!(archive_bytes(&s), Err(OciError::Name { .. })), "{name}:{tag}");
+            assert!(
+                matches!(archive_bytes(&s), Err(OciError::Name { .. })),
+                "{name}:{tag}"
+            );
         }
         assert!(
             check_reference(&ImageSpec {
@@ -954,7 +1008,10 @@ mod tests {
         // Not an ELF file at all: refused too.
         let junk = dir.path().join("junk");
         std::fs::write(&junk, b"not elf").unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(pause_image(&junk, EPOCH), Err(OciError::Pause { .. })));
+        assert!(matches!(
+            pause_image(&junk, EPOCH),
+            Err(OciError::Pause { .. })
+        ));
         assert_eq!(PAUSE_IMAGE, format!("{PAUSE_REPOSITORY}:{PAUSE_TAG}"));
     }
 }

@@ -55,7 +55,10 @@ mod tests {
         if let Err(e) = raw_to_qcow2(&raw, &out) {
             if matches!(e.source, ToolError::Spawn { .. }) {
                 let skip_reason = "qemu-img not installed; skipping";
-                assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "under CI every test must run; missing: {skip_reason}"
+                );
                 eprintln!("qemu-img not installed; skipping");
                 return;
             }

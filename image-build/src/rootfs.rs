@@ -19,7 +19,9 @@ pub enum RootfsError {
     },
     #[error(transparent)]
     Elf(#[from] elf::ElfError),
-    #[error("{binary} needs {library}, which none of the pinned Debian packages provides (add its package to components.toml)")]
+    #[error(
+        "{binary} needs {library}, which none of the pinned Debian packages provides (add its package to components.toml)"
+    )]
     MissingLibrary { binary: String, library: String },
 }
 
@@ -37,7 +39,9 @@ pub struct Tree {
 impl Tree {
     pub fn new(root: &Path) -> Result<Tree, RootfsError> {
         std::fs::create_dir_all(root).map_err(io("creating", root))?;
-        Ok(Tree { root: root.to_path_buf() })
+        Ok(Tree {
+            root: root.to_path_buf(),
+        })
     }
 
     fn at(&self, path: &str) -> PathBuf {
@@ -86,7 +90,14 @@ pub struct LibResolver {
     dirs: Vec<(PathBuf, PathBuf)>,
 }
 
-const LIB_DIRS: &[&str] = &["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64", "lib", "usr/lib"];
+const LIB_DIRS: &[&str] = &[
+    "lib/x86_64-linux-gnu",
+    "usr/lib/x86_64-linux-gnu",
+    "lib64",
+    "usr/lib64",
+    "lib",
+    "usr/lib",
+];
 
 impl LibResolver {
     pub fn new(package_roots: &[&Path]) -> LibResolver {
@@ -106,7 +117,11 @@ impl LibResolver {
     /// symlinks within the package (absolute targets are re-rooted there).
     fn find(&self, name: &str) -> Option<PathBuf> {
         for (root, dir) in &self.dirs {
-            let candidate = if name.starts_with('/') { root.join(name.trim_start_matches('/')) } else { dir.join(name) };
+            let candidate = if name.starts_with('/') {
+                root.join(name.trim_start_matches('/'))
+            } else {
+                dir.join(name)
+            };
             if let Some(real) = follow(root, &candidate) {
                 return Some(real);
             }
@@ -116,9 +131,15 @@ impl LibResolver {
 
     /// Every library (and the interpreter) the given executables need, transitively:
     /// soname or interpreter path -> file to copy.
-    pub fn closure(&self, executables: &[PathBuf]) -> Result<BTreeMap<String, PathBuf>, RootfsError> {
+    pub fn closure(
+        &self,
+        executables: &[PathBuf],
+    ) -> Result<BTreeMap<String, PathBuf>, RootfsError> {
         let mut out = BTreeMap::new();
-        let mut queue: Vec<(String, PathBuf)> = executables.iter().map(|e| (e.display().to_string(), e.clone())).collect();
+        let mut queue: Vec<(String, PathBuf)> = executables
+            .iter()
+            .map(|e| (e.display().to_string(), e.clone()))
+            .collect();
         let mut seen = BTreeSet::new();
         while let Some((label, path)) = queue.pop() {
             if !seen.insert(path.clone()) || !elf::is_elf(&path) {
@@ -126,10 +147,12 @@ impl LibResolver {
             }
             let needs = elf::needs(&path)?;
             if let Some(interp) = needs.interpreter {
-                let real = self.find(&interp).ok_or_else(|| RootfsError::MissingLibrary {
-                    binary: label.clone(),
-                    library: interp.clone(),
-                })?;
+                let real = self
+                    .find(&interp)
+                    .ok_or_else(|| RootfsError::MissingLibrary {
+                        binary: label.clone(),
+                        library: interp.clone(),
+                    })?;
                 out.insert(interp, real);
             }
             for lib in needs.needed {
@@ -167,7 +190,11 @@ fn follow(root: &Path, path: &Path) -> Option<PathBuf> {
 /// at its absolute path).
 pub fn install_libraries(tree: &Tree, libs: &BTreeMap<String, PathBuf>) -> Result<(), RootfsError> {
     for (name, file) in libs {
-        let dest = if name.starts_with('/') { name.clone() } else { format!("/usr/lib/x86_64-linux-gnu/{name}") };
+        let dest = if name.starts_with('/') {
+            name.clone()
+        } else {
+            format!("/usr/lib/x86_64-linux-gnu/{name}")
+        };
         tree.copy(file, &dest, 0o755)?;
     }
     Ok(())
@@ -194,7 +221,10 @@ mod tests {
     fn missing_library_is_named() {
         let tmp = tempfile::tempdir().expect("tmp");
         let r = LibResolver::new(&[tmp.path()]);
-        let err = r.closure(&[PathBuf::from("/bin/sh")]).expect_err("no libs").to_string();
+        let err = r
+            .closure(&[PathBuf::from("/bin/sh")])
+            .expect_err("no libs")
+            .to_string();
         assert!(err.contains("/bin/sh needs"), "{err}");
     }
 
@@ -205,8 +235,12 @@ mod tests {
         std::fs::create_dir_all(root.join("lib/x86_64-linux-gnu")).expect("mkdir");
         std::fs::create_dir_all(root.join("lib64")).expect("mkdir");
         std::fs::write(root.join("lib/x86_64-linux-gnu/ld.so"), b"x").expect("write");
-        std::os::unix::fs::symlink("/lib/x86_64-linux-gnu/ld.so", root.join("lib64/ld.so")).expect("link");
+        std::os::unix::fs::symlink("/lib/x86_64-linux-gnu/ld.so", root.join("lib64/ld.so"))
+            .expect("link");
         let r = LibResolver::new(&[root]);
-        assert_eq!(r.find("/lib64/ld.so"), Some(root.join("lib/x86_64-linux-gnu/ld.so")));
+        assert_eq!(
+            r.find("/lib64/ld.so"),
+            Some(root.join("lib/x86_64-linux-gnu/ld.so"))
+        );
     }
 }

@@ -90,7 +90,10 @@ mod tests {
                 ..
             }) => {
                 let skip_reason = "mksquashfs not installed; skipping";
-                assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "under CI every test must run; missing: {skip_reason}"
+                );
                 eprintln!("mksquashfs not installed; skipping");
                 return;
             }

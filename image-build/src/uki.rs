@@ -254,7 +254,10 @@ mod tests {
     fn checksum_matches_the_stubs_own() {
         if !have_tools() {
             let skip_reason = "systemd-stub/objcopy not installed; skipping";
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "under CI every test must run; missing: {skip_reason}"
+            );
             eprintln!("systemd-stub/objcopy not installed; skipping");
             return;
         }
@@ -268,7 +271,10 @@ mod tests {
     fn sections_are_aligned_disjoint_and_output_reproducible() {
         if !have_tools() {
             let skip_reason = "systemd-stub/objcopy not installed; skipping";
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "under CI every test must run; missing: {skip_reason}"
+            );
             eprintln!("systemd-stub/objcopy not installed; skipping");
             return;
         }

@@ -14,7 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use cairn_image::components::{BuildOptions, BuildReport, Cache, CacheStatus, DebPackage, Error, Lockfile, build_all};
+use cairn_image::components::{
+    BuildOptions, BuildReport, Cache, CacheStatus, DebPackage, Error, Lockfile, build_all,
+};
 use cairn_image::elf;
 use sha2::{Digest as _, Sha256};
 
@@ -27,11 +29,15 @@ const WARM_HINT: &str = "the real component cache is cold or incomplete: run \
 static HEAVY: RwLock<()> = RwLock::new(());
 
 fn heavy_shared() -> RwLockReadGuard<'static, ()> {
-    HEAVY.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    HEAVY
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn heavy_exclusive() -> RwLockWriteGuard<'static, ()> {
-    HEAVY.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    HEAVY
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn lockfile_path() -> PathBuf {
@@ -58,10 +64,24 @@ fn sha256_file(path: &Path) -> String {
         .arg(path)
         .output()
         .unwrap_or_else(|e| panic!("running sha256sum {}: {e}", path.display()));
-    assert!(out.status.success(), "sha256sum {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sha256sum {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    let hash = text.split_whitespace().next().unwrap_or_default().to_string();
-    assert_eq!(hash.len(), 64, "sha256sum {} printed {text:?}", path.display());
+    let hash = text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        hash.len(),
+        64,
+        "sha256sum {} printed {text:?}",
+        path.display()
+    );
     hash
 }
 
@@ -72,7 +92,10 @@ fn require_warm(cache: &Cache, lock: &Lockfile, only: &[&str]) {
     let selected = |n: &str| only.is_empty() || only.contains(&n);
     let list = |dir: PathBuf| -> Vec<String> {
         fs::read_dir(&dir)
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let components = list(cache.components());
@@ -80,15 +103,20 @@ fn require_warm(cache: &Cache, lock: &Lockfile, only: &[&str]) {
     let mut missing = Vec::new();
     for c in lock.go.iter().filter(|c| selected(&c.name)) {
         let prefix = format!("{}-{}-", c.name, c.version);
-        let present = components
-            .iter()
-            .any(|e| e.starts_with(&prefix) && cache.components().join(e).join("manifest.json").is_file());
+        let present = components.iter().any(|e| {
+            e.starts_with(&prefix) && cache.components().join(e).join("manifest.json").is_file()
+        });
         if !present {
             missing.push(format!("{} {}", c.name, c.version));
         }
     }
     for d in lock.deb.iter().filter(|d| selected(&d.name)) {
-        let name = format!("{}_{}_{}", d.name, d.version.replace(':', "%3a"), &d.sha256[..12]);
+        let name = format!(
+            "{}_{}_{}",
+            d.name,
+            d.version.replace(':', "%3a"),
+            &d.sha256[..12]
+        );
         if !debs.contains(&name) {
             missing.push(format!("deb {} {}", d.name, d.version));
         }
@@ -111,9 +139,16 @@ fn warm_report(lock: &Lockfile, only: &[&str]) -> (BuildReport, Duration) {
     match result {
         Ok(report) => (report, elapsed),
         Err(Error::OfflineMissing { missing }) => {
-            panic!("{WARM_HINT}; missing from {}: {}", cache.root().display(), missing.join(", "))
+            panic!(
+                "{WARM_HINT}; missing from {}: {}",
+                cache.root().display(),
+                missing.join(", ")
+            )
         }
-        Err(e) => panic!("{WARM_HINT}; offline build_all on {} failed: {e}", cache.root().display()),
+        Err(e) => panic!(
+            "{WARM_HINT}; offline build_all on {} failed: {e}",
+            cache.root().display()
+        ),
     }
 }
 
@@ -121,11 +156,17 @@ fn warm_report(lock: &Lockfile, only: &[&str]) -> (BuildReport, Duration) {
 /// an offline rebuild is possible and quick.
 fn temp_cache_sharing_go_caches(real: &Cache) -> (tempfile::TempDir, Cache) {
     for dir in [real.go_mod(), real.go_build()] {
-        assert!(dir.is_dir(), "{WARM_HINT}; {} does not exist", dir.display());
+        assert!(
+            dir.is_dir(),
+            "{WARM_HINT}; {} does not exist",
+            dir.display()
+        );
     }
     let tmp = tempfile::tempdir().expect("creating a temporary cache directory");
-    std::os::unix::fs::symlink(real.go_mod(), tmp.path().join("go-mod")).expect("symlinking go-mod to the real cache");
-    std::os::unix::fs::symlink(real.go_build(), tmp.path().join("go-build")).expect("symlinking go-build to the real cache");
+    std::os::unix::fs::symlink(real.go_mod(), tmp.path().join("go-mod"))
+        .expect("symlinking go-mod to the real cache");
+    std::os::unix::fs::symlink(real.go_build(), tmp.path().join("go-build"))
+        .expect("symlinking go-build to the real cache");
     let cache = Cache::new(tmp.path().to_path_buf());
     (tmp, cache)
 }
@@ -146,7 +187,11 @@ fn version_output(path: &Path, args: &[String]) -> String {
         .spawn()
         .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", path.display()));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("waiting for the version check").is_none() {
+    while child
+        .try_wait()
+        .expect("waiting for the version check")
+        .is_none()
+    {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
@@ -154,8 +199,14 @@ fn version_output(path: &Path, args: &[String]) -> String {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().expect("collecting the version output");
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    let out = child
+        .wait_with_output()
+        .expect("collecting the version output");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -167,7 +218,8 @@ fn copy_dir(from: &Path, to: &Path) {
         if entry.file_type().expect("file type").is_dir() {
             copy_dir(&src, &dest);
         } else {
-            fs::copy(&src, &dest).unwrap_or_else(|e| panic!("copying {} to {}: {e}", src.display(), dest.display()));
+            fs::copy(&src, &dest)
+                .unwrap_or_else(|e| panic!("copying {} to {}: {e}", src.display(), dest.display()));
         }
     }
 }
@@ -197,13 +249,28 @@ fn every_built_binary_reports_its_pinned_version_and_hash() {
                 b.version_args,
                 out.trim()
             );
-            assert!(!b.sha256.is_empty(), "{}/{} has no sha256 pinned in the lockfile", c.name, b.name);
-            assert_eq!(sha256_file(&path), b.sha256, "{}/{}: sha256 of {}", c.name, b.name, path.display());
+            assert!(
+                !b.sha256.is_empty(),
+                "{}/{} has no sha256 pinned in the lockfile",
+                c.name,
+                b.name
+            );
+            assert_eq!(
+                sha256_file(&path),
+                b.sha256,
+                "{}/{}: sha256 of {}",
+                c.name,
+                b.name,
+                path.display()
+            );
             eprintln!("ok {}/{}: {}", c.name, b.name, expect);
             checked += 1;
         }
     }
-    assert_eq!(checked, lock.go.iter().map(|c| c.binaries.len()).sum::<usize>());
+    assert_eq!(
+        checked,
+        lock.go.iter().map(|c| c.binaries.len()).sum::<usize>()
+    );
     assert!(checked >= 16, "only {checked} binaries checked");
 }
 
@@ -219,12 +286,21 @@ fn binaries_meant_to_be_static_are_static() {
                 .binary(&c.name, &b.name)
                 .unwrap_or_else(|e| panic!("{}/{}: {e}", c.name, b.name));
             let needs = elf::needs(&path).unwrap_or_else(|e| panic!("{}/{}: {e}", c.name, b.name));
-            assert!(needs.is_static(), "{}/{} ({}) should be static but needs {needs:?}", c.name, b.name, path.display());
+            assert!(
+                needs.is_static(),
+                "{}/{} ({}) should be static but needs {needs:?}",
+                c.name,
+                b.name,
+                path.display()
+            );
             checked += 1;
         }
     }
     // runc is the cgo one (static_cgo): make sure it was among those checked.
-    assert!(lock.go.iter().any(|c| c.cgo && c.static_cgo), "no static cgo component in the lockfile");
+    assert!(
+        lock.go.iter().any(|c| c.cgo && c.static_cgo),
+        "no static cgo component in the lockfile"
+    );
     assert!(checked >= 16, "only {checked} binaries checked");
 }
 
@@ -235,15 +311,27 @@ fn warm_run_rebuilds_nothing_and_is_quick() {
     let (report, elapsed) = warm_report(&lock, &[]);
     eprint!("{}", report.table());
     eprintln!("warm offline build_all took {:.2} s", elapsed.as_secs_f64());
-    assert_eq!(report.rows.len(), lock.go.len() + lock.deb.len(), "one row per component and package");
+    assert_eq!(
+        report.rows.len(),
+        lock.go.len() + lock.deb.len(),
+        "one row per component and package"
+    );
     let rebuilt: Vec<_> = report
         .rows
         .iter()
         .filter(|r| r.status != CacheStatus::Cached)
         .map(|r| format!("{} {}", r.kind, r.name))
         .collect();
-    assert!(rebuilt.is_empty(), "a warm run rebuilt: {}", rebuilt.join(", "));
-    assert!(elapsed < Duration::from_secs(60), "a warm run took {:.1} s", elapsed.as_secs_f64());
+    assert!(
+        rebuilt.is_empty(),
+        "a warm run rebuilt: {}",
+        rebuilt.join(", ")
+    );
+    assert!(
+        elapsed < Duration::from_secs(60),
+        "a warm run took {:.1} s",
+        elapsed.as_secs_f64()
+    );
 }
 
 // ------------------------------------------------------------------ 4
@@ -257,15 +345,29 @@ fn apt_file_name(d: &DebPackage) -> String {
 fn tampered_deb_is_refused_and_not_cached_but_the_intact_one_is_accepted() {
     const PKG: &str = "libuuid1";
     let lock = real_lock();
-    let d = lock.deb_package(PKG).expect("libuuid1 is in the lockfile").clone();
+    let d = lock
+        .deb_package(PKG)
+        .expect("libuuid1 is in the lockfile")
+        .clone();
     let real = Cache::from_env();
     require_warm(&real, &lock, &[PKG]);
     let cached = real
         .debs()
-        .join(format!("{}_{}_{}", d.name, d.version.replace(':', "%3a"), &d.sha256[..12]))
+        .join(format!(
+            "{}_{}_{}",
+            d.name,
+            d.version.replace(':', "%3a"),
+            &d.sha256[..12]
+        ))
         .join("package.deb");
-    let original = fs::read(&cached).unwrap_or_else(|e| panic!("{WARM_HINT}; reading {}: {e}", cached.display()));
-    assert_eq!(hex::encode(Sha256::digest(&original)), d.sha256, "{} is not the pinned package", cached.display());
+    let original = fs::read(&cached)
+        .unwrap_or_else(|e| panic!("{WARM_HINT}; reading {}: {e}", cached.display()));
+    assert_eq!(
+        hex::encode(Sha256::digest(&original)),
+        d.sha256,
+        "{} is not the pinned package",
+        cached.display()
+    );
 
     let tmp_cache = tempfile::tempdir().expect("temporary cache");
     let cache = Cache::new(tmp_cache.path().to_path_buf());
@@ -293,7 +395,12 @@ fn tampered_deb_is_refused_and_not_cached_but_the_intact_one_is_accepted() {
     };
 
     match build_all(&lock, &cache, &opts) {
-        Err(Error::DebHashMismatch { name, version, expected, actual }) => {
+        Err(Error::DebHashMismatch {
+            name,
+            version,
+            expected,
+            actual,
+        }) => {
             assert_eq!(name, PKG);
             assert_eq!(version, d.version);
             assert_eq!(expected, d.sha256);
@@ -302,19 +409,31 @@ fn tampered_deb_is_refused_and_not_cached_but_the_intact_one_is_accepted() {
         Err(e) => panic!("expected DebHashMismatch for {PKG}, got: {e}"),
         Ok(r) => panic!("a tampered .deb was accepted:\n{}", r.table()),
     }
-    assert!(entries_for(&cache).is_empty(), "the tampered package entered the cache: {:?}", entries_for(&cache));
+    assert!(
+        entries_for(&cache).is_empty(),
+        "the tampered package entered the cache: {:?}",
+        entries_for(&cache)
+    );
 
     // Same setup with the intact file: accepted, so the deb-dir path really is used.
     fs::write(&deb_file, &original).expect("writing the intact .deb");
-    let report = build_all(&lock, &cache, &opts).unwrap_or_else(|e| panic!("the intact {PKG} was refused: {e}"));
+    let report = build_all(&lock, &cache, &opts)
+        .unwrap_or_else(|e| panic!("the intact {PKG} was refused: {e}"));
     assert_eq!(report.rows.len(), 1);
     assert_eq!(report.rows[0].name, PKG);
     assert_eq!(report.rows[0].status, CacheStatus::Built);
     let entries = entries_for(&cache);
     assert_eq!(entries.len(), 1, "{entries:?}");
-    assert_eq!(sha256_file(&cache.debs().join(&entries[0]).join("package.deb")), d.sha256);
+    assert_eq!(
+        sha256_file(&cache.debs().join(&entries[0]).join("package.deb")),
+        d.sha256
+    );
     let root = report.deb_root(PKG).expect("the extracted tree");
-    assert!(root.join("usr/share/doc/libuuid1").is_dir(), "{} was not extracted", root.display());
+    assert!(
+        root.join("usr/share/doc/libuuid1").is_dir(),
+        "{} was not extracted",
+        root.display()
+    );
 }
 
 // ------------------------------------------------------------------ 5
@@ -323,10 +442,24 @@ fn tampered_deb_is_refused_and_not_cached_but_the_intact_one_is_accepted() {
 fn truncated_cached_binary_is_detected_and_rebuilt() {
     let _heavy = heavy_shared();
     let lock = real_lock();
-    let etcd = lock.go_component("etcd").expect("etcd is in the lockfile").clone();
-    let pin = etcd.binaries.iter().find(|b| b.name == "etcd").expect("etcd binary").sha256.clone();
+    let etcd = lock
+        .go_component("etcd")
+        .expect("etcd is in the lockfile")
+        .clone();
+    let pin = etcd
+        .binaries
+        .iter()
+        .find(|b| b.name == "etcd")
+        .expect("etcd binary")
+        .sha256
+        .clone();
     let (real_report, _) = warm_report(&lock, &["etcd"]);
-    let real_entry = real_report.go.get("etcd").expect("etcd entry in the real cache").dir.clone();
+    let real_entry = real_report
+        .go
+        .get("etcd")
+        .expect("etcd entry in the real cache")
+        .dir
+        .clone();
 
     let real = Cache::from_env();
     let (_tmp, cache) = temp_cache_sharing_go_caches(&real);
@@ -334,7 +467,9 @@ fn truncated_cached_binary_is_detected_and_rebuilt() {
     let copy = cache.components().join(entry_name);
     copy_dir(&real_entry, &copy);
     let bin = copy.join("etcd");
-    let len = fs::metadata(&bin).expect("etcd binary in the copied entry").len();
+    let len = fs::metadata(&bin)
+        .expect("etcd binary in the copied entry")
+        .len();
     fs::OpenOptions::new()
         .write(true)
         .open(&bin)
@@ -348,10 +483,18 @@ fn truncated_cached_binary_is_detected_and_rebuilt() {
     eprintln!("rebuilt etcd in {:.1} s", start.elapsed().as_secs_f64());
     assert_eq!(report.rows.len(), 1);
     assert_eq!(report.rows[0].name, "etcd");
-    assert_eq!(report.rows[0].status, CacheStatus::Built, "the truncated entry was not rebuilt");
+    assert_eq!(
+        report.rows[0].status,
+        CacheStatus::Built,
+        "the truncated entry was not rebuilt"
+    );
     let rebuilt = report.binary("etcd", "etcd").expect("etcd path");
     assert_eq!(rebuilt, bin, "rebuilt into a different entry");
-    assert_eq!(sha256_file(&rebuilt), pin, "the rebuilt etcd differs from the lockfile pin");
+    assert_eq!(
+        sha256_file(&rebuilt),
+        pin,
+        "the rebuilt etcd differs from the lockfile pin"
+    );
     // And the next run uses it.
     let again = build_all(&lock, &cache, &offline_only(&["etcd"])).expect("second run");
     assert_eq!(again.rows[0].status, CacheStatus::Cached);
@@ -364,21 +507,43 @@ fn offline_with_a_cold_cache_names_everything_missing() {
     let lock = real_lock();
     let tmp = tempfile::tempdir().expect("temporary cache");
     let cache = Cache::new(tmp.path().to_path_buf());
-    let err = build_all(&lock, &cache, &offline_only(&[])).expect_err("a cold offline build must fail");
+    let err =
+        build_all(&lock, &cache, &offline_only(&[])).expect_err("a cold offline build must fail");
     let Error::OfflineMissing { missing } = &err else {
         panic!("expected OfflineMissing, got: {err}");
     };
-    let mut expected: Vec<String> = lock.go.iter().map(|c| format!("{} {}", c.name, c.version)).collect();
-    expected.extend(lock.deb.iter().map(|d| format!("deb {} {}", d.name, d.version)));
+    let mut expected: Vec<String> = lock
+        .go
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.version))
+        .collect();
+    expected.extend(
+        lock.deb
+            .iter()
+            .map(|d| format!("deb {} {}", d.name, d.version)),
+    );
     for want in ["etcd v3.6.8", "kubernetes v1.36.3"] {
-        assert!(expected.iter().any(|e| e == want), "{want} is no longer in the lockfile");
+        assert!(
+            expected.iter().any(|e| e == want),
+            "{want} is no longer in the lockfile"
+        );
     }
     for want in &expected {
-        assert!(missing.contains(want), "{want:?} not named as missing: {missing:?}");
+        assert!(
+            missing.contains(want),
+            "{want:?} not named as missing: {missing:?}"
+        );
     }
-    assert_eq!(missing.len(), expected.len(), "unexpected entries: {missing:?}");
+    assert_eq!(
+        missing.len(),
+        expected.len(),
+        "unexpected entries: {missing:?}"
+    );
     let shown = err.to_string();
-    assert!(shown.contains("etcd v3.6.8") && shown.contains("deb libuuid1"), "{shown}");
+    assert!(
+        shown.contains("etcd v3.6.8") && shown.contains("deb libuuid1"),
+        "{shown}"
+    );
     // Nothing was fetched or built.
     assert!(!cache.components().exists() && !cache.debs().exists());
 }
@@ -393,32 +558,64 @@ fn failing_component_is_named_with_the_go_output_tail() {
     warm_report(&lock, &["etcd"]);
     let text = fs::read_to_string(lockfile_path()).expect("reading components.toml");
     let original = r#"{ name = "etcd", package = "go.etcd.io/etcd/server/v3","#;
-    assert_eq!(text.matches(original).count(), 1, "the etcd binary line changed; update this test");
-    let modified = text.replace(original, &format!(r#"{{ name = "etcd", package = "{BOGUS}","#));
+    assert_eq!(
+        text.matches(original).count(),
+        1,
+        "the etcd binary line changed; update this test"
+    );
+    let modified = text.replace(
+        original,
+        &format!(r#"{{ name = "etcd", package = "{BOGUS}","#),
+    );
 
     let dir = tempfile::tempdir().expect("temporary lockfile dir");
     let path = dir.path().join("components.toml");
     fs::write(&path, &modified).expect("writing the modified lockfile");
     let real_lock = lockfile_path();
-    let real_gomod = real_lock.parent().expect("image-build dir").join("gomod/etcd");
+    let real_gomod = real_lock
+        .parent()
+        .expect("image-build dir")
+        .join("gomod/etcd");
     copy_dir(&real_gomod, &dir.path().join("gomod/etcd"));
     let bad = Lockfile::parse(&path, &modified).expect("the modified lockfile parses");
-    assert_eq!(bad.go_component("etcd").expect("etcd").binaries[0].package, BOGUS);
+    assert_eq!(
+        bad.go_component("etcd").expect("etcd").binaries[0].package,
+        BOGUS
+    );
 
     let real = Cache::from_env();
     let (_tmp, cache) = temp_cache_sharing_go_caches(&real);
-    let err = build_all(&bad, &cache, &offline_only(&["etcd"])).expect_err("building a nonexistent package must fail");
+    let err = build_all(&bad, &cache, &offline_only(&["etcd"]))
+        .expect_err("building a nonexistent package must fail");
     let shown = err.to_string();
     eprintln!("{shown}");
     match &err {
-        Error::GoBuild { component, binary, tail, .. } => {
+        Error::GoBuild {
+            component,
+            binary,
+            tail,
+            ..
+        } => {
             assert_eq!(component, "etcd");
             assert_eq!(binary, "etcd");
-            assert!(tail.contains(BOGUS), "the Go output tail does not mention the package: {tail}");
+            assert!(
+                tail.contains(BOGUS),
+                "the Go output tail does not mention the package: {tail}"
+            );
         }
         other => panic!("expected GoBuild, got: {other}"),
     }
     assert!(shown.contains("etcd"), "{shown}");
-    assert!(shown.contains(BOGUS), "Display lacks Go's error output: {shown}");
-    assert!(!cache.components().exists() || fs::read_dir(cache.components()).expect("list").next().is_none(), "a failed build left an entry");
+    assert!(
+        shown.contains(BOGUS),
+        "Display lacks Go's error output: {shown}"
+    );
+    assert!(
+        !cache.components().exists()
+            || fs::read_dir(cache.components())
+                .expect("list")
+                .next()
+                .is_none(),
+        "a failed build left an entry"
+    );
 }

@@ -150,8 +150,10 @@ disabled_plugins = [
             verifier = verifier.display(),
         );
         let config_path = dir.join("config.toml");
-        fs::write(&config_path, config).unwrap_or_else(|e| panic!("writing {}: {e}", config_path.display()));
-        let log_file = fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        fs::write(&config_path, config)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", config_path.display()));
+        let log_file =
+            fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
         let log_err = log_file.try_clone().unwrap_or_else(|e| panic!("{e}"));
         let created_run_dir = !Path::new(RUN_DIR).exists();
         let child = Command::new(containerd)
@@ -183,7 +185,10 @@ disabled_plugins = [
         let deadline = Instant::now() + within;
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("containerd exited before serving ({status}); log:\n{}", self.log_tail());
+                panic!(
+                    "containerd exited before serving ({status}); log:\n{}",
+                    self.log_tail()
+                );
             }
             if self.socket.exists() && self.ctr_raw(&["version"]).status.success() {
                 return;
@@ -265,14 +270,19 @@ fn rows(text: &str) -> Vec<Vec<String>> {
 fn pause_archive_imports_into_real_containerd() {
     let t0 = Instant::now();
     let lock_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("components.toml");
-    let lock = Lockfile::load(&lock_path).unwrap_or_else(|e| panic!("loading {}: {e}", lock_path.display()));
+    let lock = Lockfile::load(&lock_path)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", lock_path.display()));
     let (containerd, ctr) = containerd_binaries();
     let t_components = t0.elapsed();
 
     let t1 = Instant::now();
     let pause = static_pause();
     let needs = elf::needs(&pause).unwrap_or_else(|e| panic!("{e}"));
-    assert!(needs.is_static(), "{} is not static: {needs:?}", pause.display());
+    assert!(
+        needs.is_static(),
+        "{} is not static: {needs:?}",
+        pause.display()
+    );
     let t_pause = t1.elapsed();
 
     let dir = tempfile::Builder::new()
@@ -321,7 +331,10 @@ fn pause_archive_imports_into_real_containerd() {
     let row = &check_rows[0];
     assert_eq!(row[0], oci::PAUSE_IMAGE, "{check}");
     assert_eq!(row[2], digests.manifest, "{check}");
-    assert!(row.iter().any(|c| c == "complete"), "image not complete:\n{check}");
+    assert!(
+        row.iter().any(|c| c == "complete"),
+        "image not complete:\n{check}"
+    );
     assert_eq!(
         row.last().map(String::as_str),
         Some("true"),
@@ -331,7 +344,9 @@ fn pause_archive_imports_into_real_containerd() {
     assert_eq!(ready.trim(), oci::PAUSE_IMAGE, "images check -q:\n{ready}");
 
     // The unpacked snapshot holds our pause binary as /pause, 0755, mtime = epoch.
-    let snapshots = ctd.root.join("io.containerd.snapshotter.v1.native/snapshots");
+    let snapshots = ctd
+        .root
+        .join("io.containerd.snapshotter.v1.native/snapshots");
     let unpacked: Vec<PathBuf> = fs::read_dir(&snapshots)
         .unwrap_or_else(|e| panic!("reading {}: {e}", snapshots.display()))
         .filter_map(|e| e.ok().map(|e| e.path().join("pause")))

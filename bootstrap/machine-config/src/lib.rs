@@ -138,7 +138,10 @@ fn default_dns_domain() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{source_name}: {message}")]
-    Invalid { source_name: String, message: String },
+    Invalid {
+        source_name: String,
+        message: String,
+    },
 }
 
 impl MachineConfig {
@@ -148,7 +151,8 @@ impl MachineConfig {
             source_name: source_name.to_string(),
             message,
         };
-        let cfg: MachineConfig = serde_yaml::from_str(text).map_err(|e| invalid(yaml_message(&e)))?;
+        let cfg: MachineConfig =
+            serde_yaml::from_str(text).map_err(|e| invalid(yaml_message(&e)))?;
         cfg.validate().map_err(invalid)?;
         Ok(cfg)
     }
@@ -182,7 +186,11 @@ impl MachineConfig {
         }
         for key in self.machine.sysctls.keys() {
             let ok = !key.is_empty()
-                && key.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+                && key.split('.').all(|p| {
+                    !p.is_empty()
+                        && p.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                });
             if !ok {
                 return Err(format!("machine.sysctls: `{key}` is not a sysctl name"));
             }
@@ -216,7 +224,9 @@ cluster:
 fn yaml_message(e: &serde_yaml::Error) -> String {
     let msg = e.to_string();
     match e.location() {
-        Some(loc) if !msg.contains("line") => format!("{msg} (line {}, column {})", loc.line(), loc.column()),
+        Some(loc) if !msg.contains("line") => {
+            format!("{msg} (line {}, column {})", loc.line(), loc.column())
+        }
         _ => msg,
     }
 }
@@ -227,7 +237,8 @@ mod tests {
 
     #[test]
     fn default_document_parses() {
-        let cfg = MachineConfig::parse("default", MachineConfig::default_document()).expect("valid");
+        let cfg =
+            MachineConfig::parse("default", MachineConfig::default_document()).expect("valid");
         assert_eq!(cfg.machine.hostname.as_str(), "cairn");
         assert_eq!(cfg.machine.role, Role::Controlplane);
         assert!(cfg.machine.network.dhcp);
@@ -237,7 +248,9 @@ mod tests {
     #[test]
     fn unknown_field_names_field_and_line() {
         let text = "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostnme: x\n";
-        let err = MachineConfig::parse("machine.yaml", text).expect_err("unknown field").to_string();
+        let err = MachineConfig::parse("machine.yaml", text)
+            .expect_err("unknown field")
+            .to_string();
         assert!(err.starts_with("machine.yaml: "), "{err}");
         assert!(err.contains("hostnme"), "{err}");
         assert!(err.contains("line 4"), "{err}");
@@ -245,48 +258,91 @@ mod tests {
 
     #[test]
     fn garbled_yaml_names_the_line() {
-        let text = "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine: [\n  hostname: {\n";
-        let err = MachineConfig::parse("fw_cfg", text).expect_err("garbled").to_string();
+        let text =
+            "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine: [\n  hostname: {\n";
+        let err = MachineConfig::parse("fw_cfg", text)
+            .expect_err("garbled")
+            .to_string();
         assert!(err.contains("line"), "{err}");
     }
 
     #[test]
     fn bad_hostname_names_field_and_line() {
-        let text = "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: Bad_Name\n";
-        let err = MachineConfig::parse("m.yaml", text).expect_err("bad hostname").to_string();
-        assert!(err.contains("hostname") && err.contains("Bad_Name") && err.contains("line 4"), "{err}");
+        let text =
+            "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: Bad_Name\n";
+        let err = MachineConfig::parse("m.yaml", text)
+            .expect_err("bad hostname")
+            .to_string();
+        assert!(
+            err.contains("hostname") && err.contains("Bad_Name") && err.contains("line 4"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_cidr_is_refused() {
         let text = "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: a\ncluster:\n  podCidr: 10.244.0.0/33\n";
-        let err = MachineConfig::parse("m.yaml", text).expect_err("bad cidr").to_string();
-        assert!(err.contains("cluster") && err.contains("/33") && err.contains("line 6"), "{err}");
+        let err = MachineConfig::parse("m.yaml", text)
+            .expect_err("bad cidr")
+            .to_string();
+        assert!(
+            err.contains("cluster") && err.contains("/33") && err.contains("line 6"),
+            "{err}"
+        );
     }
 
     #[test]
     fn static_network_rules() {
         let base = "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: a\n  network:\n";
-        let ok = format!("{base}    dhcp: false\n    address: 10.0.2.15/24\n    gateway: 10.0.2.2\n");
+        let ok =
+            format!("{base}    dhcp: false\n    address: 10.0.2.15/24\n    gateway: 10.0.2.2\n");
         let cfg = MachineConfig::parse("m", &ok).expect("static ok");
-        assert_eq!(cfg.machine.network.address.map(|a| a.to_string()), Some("10.0.2.15/24".into()));
+        assert_eq!(
+            cfg.machine.network.address.map(|a| a.to_string()),
+            Some("10.0.2.15/24".into())
+        );
         let no_addr = format!("{base}    dhcp: false\n");
-        assert!(MachineConfig::parse("m", &no_addr).expect_err("no address").to_string().contains("needs an `address`"));
-        let far_gw = format!("{base}    dhcp: false\n    address: 10.0.2.15/24\n    gateway: 10.9.9.9\n");
-        assert!(MachineConfig::parse("m", &far_gw).expect_err("gw").to_string().contains("outside"));
+        assert!(
+            MachineConfig::parse("m", &no_addr)
+                .expect_err("no address")
+                .to_string()
+                .contains("needs an `address`")
+        );
+        let far_gw =
+            format!("{base}    dhcp: false\n    address: 10.0.2.15/24\n    gateway: 10.9.9.9\n");
+        assert!(
+            MachineConfig::parse("m", &far_gw)
+                .expect_err("gw")
+                .to_string()
+                .contains("outside")
+        );
     }
 
     #[test]
     fn wrong_version_and_overlap_are_refused() {
         let v = MachineConfig::default_document().replace("v1alpha1", "v9");
-        assert!(MachineConfig::parse("m", &v).expect_err("version").to_string().contains("apiVersion"));
-        let overlap = format!("{}  podCidr: 10.96.0.0/16\n", MachineConfig::default_document());
-        assert!(MachineConfig::parse("m", &overlap).expect_err("overlap").to_string().contains("overlaps"));
+        assert!(
+            MachineConfig::parse("m", &v)
+                .expect_err("version")
+                .to_string()
+                .contains("apiVersion")
+        );
+        let overlap = format!(
+            "{}  podCidr: 10.96.0.0/16\n",
+            MachineConfig::default_document()
+        );
+        assert!(
+            MachineConfig::parse("m", &overlap)
+                .expect_err("overlap")
+                .to_string()
+                .contains("overlaps")
+        );
     }
 
     #[test]
     fn round_trips() {
-        let cfg = MachineConfig::parse("default", MachineConfig::default_document()).expect("valid");
+        let cfg =
+            MachineConfig::parse("default", MachineConfig::default_document()).expect("valid");
         let again = MachineConfig::parse("again", &cfg.to_yaml()).expect("round trip");
         assert_eq!(cfg, again);
     }

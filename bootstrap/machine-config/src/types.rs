@@ -26,7 +26,8 @@ impl TryFrom<String> for Hostname {
     type Error = InvalidValue;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         let ok = (1..=63).contains(&s.len())
-            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !s.starts_with('-')
             && !s.ends_with('-');
         if ok {
@@ -74,7 +75,11 @@ impl Cidr {
         self.prefix
     }
     fn mask(&self) -> u32 {
-        if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) }
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
     }
     pub fn network(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.addr) & self.mask())
@@ -87,7 +92,11 @@ impl Cidr {
     }
     /// The n-th address of the network (n = 1 is the first host address).
     pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
-        let size = if self.prefix == 0 { u64::from(u32::MAX) + 1 } else { 1u64 << (32 - u32::from(self.prefix)) };
+        let size = if self.prefix == 0 {
+            u64::from(u32::MAX) + 1
+        } else {
+            1u64 << (32 - u32::from(self.prefix))
+        };
         (u64::from(n) < size).then(|| Ipv4Addr::from(u32::from(self.network()).wrapping_add(n)))
     }
 }

@@ -59,7 +59,10 @@ fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     match parse(&args) {
         Ok(Mode::Version) => {
-            println!("cairn-pause v{} (pause.c compatible)", env!("CARGO_PKG_VERSION"));
+            println!(
+                "cairn-pause v{} (pause.c compatible)",
+                env!("CARGO_PKG_VERSION")
+            );
             ExitCode::SUCCESS
         }
         Ok(Mode::Pause { spawn_for_test }) => pause(spawn_for_test),
@@ -152,8 +155,14 @@ mod tests {
     fn parses_like_pause_c() {
         assert_eq!(parse(&os(&["-v"])), Ok(Mode::Version));
         assert_eq!(parse(&os(&[])), Ok(Mode::Pause { spawn_for_test: 0 }));
-        assert_eq!(parse(&os(&["-v", "x"])), Ok(Mode::Pause { spawn_for_test: 0 }));
-        assert_eq!(parse(&os(&["--whatever"])), Ok(Mode::Pause { spawn_for_test: 0 }));
+        assert_eq!(
+            parse(&os(&["-v", "x"])),
+            Ok(Mode::Pause { spawn_for_test: 0 })
+        );
+        assert_eq!(
+            parse(&os(&["--whatever"])),
+            Ok(Mode::Pause { spawn_for_test: 0 })
+        );
         assert_eq!(
             parse(&os(&["--cairn-test-spawn", "3"])),
             Ok(Mode::Pause { spawn_for_test: 3 })

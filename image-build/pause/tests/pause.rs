@@ -39,23 +39,37 @@ fn start(args: &[&str]) -> Guard {
 /// a signal is sure to be waited for rather than killing it with the default
 /// action. Returns the rest of stderr as a reader.
 fn wait_until_blocking(guard: &mut Guard) -> BufReader<std::process::ChildStderr> {
-    let stderr = guard.0.stderr.take().unwrap_or_else(|| panic!("no stderr pipe"));
+    let stderr = guard
+        .0
+        .stderr
+        .take()
+        .unwrap_or_else(|| panic!("no stderr pipe"));
     let mut reader = BufReader::new(stderr);
     let mut line = String::new();
     reader
         .read_line(&mut line)
         .unwrap_or_else(|e| panic!("reading pause's stderr: {e}"));
-    assert_eq!(line.trim_end(), "Warning: pause should be the first process");
+    assert_eq!(
+        line.trim_end(),
+        "Warning: pause should be the first process"
+    );
     reader
 }
 
 fn wait_exit(guard: &mut Guard, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(status) = guard.0.try_wait().unwrap_or_else(|e| panic!("waiting for pause: {e}")) {
+        if let Some(status) = guard
+            .0
+            .try_wait()
+            .unwrap_or_else(|e| panic!("waiting for pause: {e}"))
+        {
             return status;
         }
-        assert!(Instant::now() < deadline, "pause did not exit within {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "pause did not exit within {within:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -83,14 +97,24 @@ fn exits_zero_on(sig: Signal) {
     let stderr = wait_until_blocking(&mut guard);
     // It must still be running: pausing, not exiting on its own.
     std::thread::sleep(Duration::from_millis(100));
-    assert!(matches!(guard.0.try_wait(), Ok(None)), "pause exited before any signal");
+    assert!(
+        matches!(guard.0.try_wait(), Ok(None)),
+        "pause exited before any signal"
+    );
     let sent = Instant::now();
     kill(Pid::from_raw(pid as i32), sig).unwrap_or_else(|e| panic!("kill {pid} {sig}: {e}"));
     let status = wait_exit(&mut guard, Duration::from_secs(2));
     let took = sent.elapsed();
     let err = rest_of(stderr);
-    assert_eq!(status.code(), Some(0), "pause after {sig}: {status:?}; stderr: {err}");
-    assert!(err.contains(&format!("got signal: {}", sig.as_str())), "stderr: {err}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "pause after {sig}: {status:?}; stderr: {err}"
+    );
+    assert!(
+        err.contains(&format!("got signal: {}", sig.as_str())),
+        "stderr: {err}"
+    );
     eprintln!("pause exited 0 {took:?} after {sig}");
 }
 
@@ -124,7 +148,11 @@ fn reaps_children_no_zombie_remains() {
     let mut guard = start(&["--cairn-test-spawn", &N.to_string()]);
     let pid = guard.0.id();
     let _stderr = wait_until_blocking(&mut guard);
-    let stdout = guard.0.stdout.take().unwrap_or_else(|| panic!("no stdout pipe"));
+    let stdout = guard
+        .0
+        .stdout
+        .take()
+        .unwrap_or_else(|| panic!("no stdout pipe"));
     let mut children = Vec::new();
     for line in BufReader::new(stdout).lines().take(N) {
         let line = line.unwrap_or_else(|e| panic!("reading pause's stdout: {e}"));
@@ -154,7 +182,10 @@ fn reaps_children_no_zombie_remains() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // And pause itself keeps running after reaping.
-    assert!(matches!(guard.0.try_wait(), Ok(None)), "pause exited after reaping");
+    assert!(
+        matches!(guard.0.try_wait(), Ok(None)),
+        "pause exited after reaping"
+    );
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap_or_else(|e| panic!("kill {pid}: {e}"));
     let status = wait_exit(&mut guard, Duration::from_secs(2));

@@ -86,7 +86,10 @@ impl Cache {
         tempfile::Builder::new()
             .prefix(&format!("{label}-"))
             .tempdir_in(&dir)
-            .map_err(Error::io(format!("creating a scratch directory in {}", dir.display())))
+            .map_err(Error::io(format!(
+                "creating a scratch directory in {}",
+                dir.display()
+            )))
     }
 }
 
@@ -96,7 +99,9 @@ pub fn sha256_file(path: &Path) -> Result<String, Error> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(Error::io(format!("reading {}", path.display())))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(Error::io(format!("reading {}", path.display())))?;
         if n == 0 {
             break;
         }
@@ -118,16 +123,29 @@ pub fn check_entry(dir: &Path) -> Result<EntryState, Error> {
     }
     let text = match fs::read_to_string(&manifest_path) {
         Ok(t) => t,
-        Err(_) => return Ok(EntryState::Corrupt(format!("{} is missing", manifest_path.display()))),
+        Err(_) => {
+            return Ok(EntryState::Corrupt(format!(
+                "{} is missing",
+                manifest_path.display()
+            )));
+        }
     };
     let manifest: Manifest = match serde_json::from_str(&text) {
         Ok(m) => m,
-        Err(e) => return Ok(EntryState::Corrupt(format!("{}: {e}", manifest_path.display()))),
+        Err(e) => {
+            return Ok(EntryState::Corrupt(format!(
+                "{}: {e}",
+                manifest_path.display()
+            )));
+        }
     };
     for (name, want) in &manifest.files {
         let path = dir.join(name);
         if !path.is_file() {
-            return Ok(EntryState::Corrupt(format!("{} is missing", path.display())));
+            return Ok(EntryState::Corrupt(format!(
+                "{} is missing",
+                path.display()
+            )));
         }
         let got = sha256_file(&path)?;
         if &got != want {
@@ -144,10 +162,13 @@ pub fn check_entry(dir: &Path) -> Result<EntryState, Error> {
 /// (corrupt) previous entry.
 pub fn commit_entry(staging: &Path, dest: &Path, manifest: &Manifest) -> Result<(), Error> {
     let json = serde_json::to_string_pretty(manifest).map_err(|e| Error::Host(e.to_string()))?;
-    fs::write(staging.join(MANIFEST), json)
-        .map_err(Error::io(format!("writing the manifest in {}", staging.display())))?;
+    fs::write(staging.join(MANIFEST), json).map_err(Error::io(format!(
+        "writing the manifest in {}",
+        staging.display()
+    )))?;
     if dest.exists() {
-        fs::remove_dir_all(dest).map_err(Error::io(format!("removing stale {}", dest.display())))?;
+        fs::remove_dir_all(dest)
+            .map_err(Error::io(format!("removing stale {}", dest.display())))?;
     }
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent).map_err(Error::io(format!("creating {}", parent.display())))?;

@@ -28,7 +28,9 @@ pub struct DebEntry {
 
 pub(crate) fn entry_dir(cache: &Cache, d: &DebPackage) -> PathBuf {
     let version = d.version.replace(':', "%3a");
-    cache.debs().join(format!("{}_{}_{}", d.name, version, &d.sha256[..12]))
+    cache
+        .debs()
+        .join(format!("{}_{}_{}", d.name, version, &d.sha256[..12]))
 }
 
 /// Whether the entry is present and its .deb still has the pinned hash.
@@ -42,7 +44,12 @@ pub(crate) fn is_cached(cache: &Cache, d: &DebPackage) -> Result<bool, Error> {
 }
 
 /// Makes sure the package is in the cache; fetches and verifies it if not.
-pub(crate) fn ensure(cache: &Cache, d: &DebPackage, deb_dir: Option<&Path>, offline: bool) -> Result<DebEntry, Error> {
+pub(crate) fn ensure(
+    cache: &Cache,
+    d: &DebPackage,
+    deb_dir: Option<&Path>,
+    offline: bool,
+) -> Result<DebEntry, Error> {
     let start = Instant::now();
     let dir = entry_dir(cache, d);
     let status = if is_cached(cache, d)? {
@@ -72,18 +79,26 @@ pub(crate) fn ensure(cache: &Cache, d: &DebPackage, deb_dir: Option<&Path>, offl
             return Err(Error::Deb {
                 name: d.name.clone(),
                 version: d.version.clone(),
-                reason: format!("dpkg-deb -x failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                reason: format!(
+                    "dpkg-deb -x failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             });
         }
-        fs::rename(&file, staging.join("package.deb")).map_err(Error::io(format!("deb {}: moving the file", d.name)))?;
+        fs::rename(&file, staging.join("package.deb"))
+            .map_err(Error::io(format!("deb {}: moving the file", d.name)))?;
         if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(Error::io(format!("removing stale {}", dir.display())))?;
+            fs::remove_dir_all(&dir)
+                .map_err(Error::io(format!("removing stale {}", dir.display())))?;
         }
         fs::create_dir_all(cache.debs()).map_err(Error::io("creating the deb cache"))?;
-        fs::rename(&staging, &dir).map_err(Error::io(format!("moving {} into place", dir.display())))?;
+        fs::rename(&staging, &dir)
+            .map_err(Error::io(format!("moving {} into place", dir.display())))?;
         CacheStatus::Built
     };
-    let bytes = fs::metadata(dir.join("package.deb")).map(|m| m.len()).unwrap_or(0);
+    let bytes = fs::metadata(dir.join("package.deb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     Ok(DebEntry {
         name: d.name.clone(),
         version: d.version.clone(),
@@ -95,14 +110,23 @@ pub(crate) fn ensure(cache: &Cache, d: &DebPackage, deb_dir: Option<&Path>, offl
 }
 
 /// Downloads a package without checking its hash and returns the hash (for `update`).
-pub(crate) fn fetch_hash(cache: &Cache, d: &DebPackage, deb_dir: Option<&Path>) -> Result<String, Error> {
+pub(crate) fn fetch_hash(
+    cache: &Cache,
+    d: &DebPackage,
+    deb_dir: Option<&Path>,
+) -> Result<String, Error> {
     let scratch = cache.scratch(&format!("deb-{}", d.name))?;
     let file = obtain(d, deb_dir, false, scratch.path())?;
     cache::sha256_file(&file)
 }
 
 /// Puts the .deb into `into`, from `deb_dir` if it has it, else with apt-get.
-fn obtain(d: &DebPackage, deb_dir: Option<&Path>, offline: bool, into: &Path) -> Result<PathBuf, Error> {
+fn obtain(
+    d: &DebPackage,
+    deb_dir: Option<&Path>,
+    offline: bool,
+    into: &Path,
+) -> Result<PathBuf, Error> {
     let err = |reason: String| Error::Deb {
         name: d.name.clone(),
         version: d.version.clone(),
@@ -115,20 +139,26 @@ fn obtain(d: &DebPackage, deb_dir: Option<&Path>, offline: bool, into: &Path) ->
             let candidate = src.join(format!("{stem}{arch}.deb"));
             if candidate.is_file() {
                 let dest = into.join(format!("{stem}{arch}.deb"));
-                fs::copy(&candidate, &dest).map_err(Error::io(format!("copying {}", candidate.display())))?;
+                fs::copy(&candidate, &dest)
+                    .map_err(Error::io(format!("copying {}", candidate.display())))?;
                 return Ok(dest);
             }
         }
     }
     if offline {
-        return Err(err("not in the cache and --offline forbids apt-get download".into()));
+        return Err(err(
+            "not in the cache and --offline forbids apt-get download".into(),
+        ));
     }
     let out = Command::new("apt-get")
         .arg("download")
         .arg(format!("{}={}", d.name, d.version))
         .current_dir(into)
         .output()
-        .map_err(Error::io(format!("deb {}: running apt-get download", d.name)))?;
+        .map_err(Error::io(format!(
+            "deb {}: running apt-get download",
+            d.name
+        )))?;
     if !out.status.success() {
         return Err(err(format!(
             "apt-get download failed: {} (is the version still on the mirror? `apt-get update` first)",

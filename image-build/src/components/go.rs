@@ -61,7 +61,11 @@ pub(crate) fn entry_dir(lock: &Lockfile, cache: &Cache, c: &GoComponent) -> Resu
     let gomod = lock.gomod_dir(c);
     let read = |f: &str| {
         let p = gomod.join(f);
-        fs::read_to_string(&p).map_err(Error::io(format!("component {}: reading {}", c.name, p.display())))
+        fs::read_to_string(&p).map_err(Error::io(format!(
+            "component {}: reading {}",
+            c.name,
+            p.display()
+        )))
     };
     let inputs = KeyInputs {
         name: &c.name,
@@ -71,7 +75,11 @@ pub(crate) fn entry_dir(lock: &Lockfile, cache: &Cache, c: &GoComponent) -> Resu
         static_cgo: c.static_cgo,
         tags: &c.tags,
         ldflags: &c.ldflags,
-        binaries: c.binaries.iter().map(|b| (b.name.as_str(), b.package.as_str())).collect(),
+        binaries: c
+            .binaries
+            .iter()
+            .map(|b| (b.name.as_str(), b.package.as_str()))
+            .collect(),
         go: &lock.build.go,
         source_date_epoch: lock.build.source_date_epoch,
         cgo_debs: c
@@ -85,7 +93,9 @@ pub(crate) fn entry_dir(lock: &Lockfile, cache: &Cache, c: &GoComponent) -> Resu
     };
     let json = serde_json::to_vec(&inputs).map_err(|e| Error::Host(e.to_string()))?;
     let key = cache::sha256_bytes(&json);
-    Ok(cache.components().join(format!("{}-{}-{}", c.name, c.version, &key[..12])))
+    Ok(cache
+        .components()
+        .join(format!("{}-{}-{}", c.name, c.version, &key[..12])))
 }
 
 /// Whether the Go module cache holds the source of the component's module (and
@@ -95,9 +105,20 @@ pub(crate) fn module_cached(cache: &Cache, c: &GoComponent) -> bool {
         // The module cache writes upper-case letters as '!' + lower-case.
         let escaped: String = m
             .chars()
-            .flat_map(|ch| if ch.is_ascii_uppercase() { vec!['!', ch.to_ascii_lowercase()] } else { vec![ch] })
+            .flat_map(|ch| {
+                if ch.is_ascii_uppercase() {
+                    vec!['!', ch.to_ascii_lowercase()]
+                } else {
+                    vec![ch]
+                }
+            })
             .collect();
-        let zip = cache.go_mod().join("cache/download").join(escaped).join("@v").join(format!("{}.zip", c.version));
+        let zip = cache
+            .go_mod()
+            .join("cache/download")
+            .join(escaped)
+            .join("@v")
+            .join(format!("{}.zip", c.version));
         zip.is_file()
     })
 }
@@ -106,13 +127,19 @@ pub(crate) fn module_cached(cache: &Cache, c: &GoComponent) -> bool {
 pub(crate) fn go_tool() -> Result<(PathBuf, String), Error> {
     let candidates = [PathBuf::from("go"), PathBuf::from("/usr/local/go/bin/go")];
     for go in candidates {
-        if let Ok(out) = Command::new(&go).args(["env", "GOVERSION"]).env("GOTOOLCHAIN", "local").output() {
+        if let Ok(out) = Command::new(&go)
+            .args(["env", "GOVERSION"])
+            .env("GOTOOLCHAIN", "local")
+            .output()
+        {
             if out.status.success() {
                 return Ok((go, String::from_utf8_lossy(&out.stdout).trim().to_string()));
             }
         }
     }
-    Err(Error::Host("no Go toolchain found (looked for `go` on PATH and /usr/local/go/bin/go)".into()))
+    Err(Error::Host(
+        "no Go toolchain found (looked for `go` on PATH and /usr/local/go/bin/go)".into(),
+    ))
 }
 
 /// Environment for every go command: caches in the cairn cache, no network when offline.
@@ -169,14 +196,19 @@ pub(crate) fn build(
     for (i, b) in c.binaries.iter().enumerate() {
         let out = staging.join(&b.name);
         let log_path = logs.join(format!("{}-{}.log", c.name, b.name));
-        let log = fs::File::create(&log_path).map_err(Error::io(format!("creating {}", log_path.display())))?;
-        let log_err = log.try_clone().map_err(Error::io("duplicating a log handle"))?;
+        let log = fs::File::create(&log_path)
+            .map_err(Error::io(format!("creating {}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(Error::io("duplicating a log handle"))?;
         let mut cmd = go_command(&go, cache, &gomod, offline);
         cmd.env("CGO_ENABLED", if c.cgo { "1" } else { "0" })
             .env("SOURCE_DATE_EPOCH", epoch.to_string());
         if let Some(root) = cgo_sysroot {
-            cmd.env("PKG_CONFIG_SYSROOT_DIR", root)
-                .env("PKG_CONFIG_LIBDIR", root.join("usr/lib/x86_64-linux-gnu/pkgconfig"));
+            cmd.env("PKG_CONFIG_SYSROOT_DIR", root).env(
+                "PKG_CONFIG_LIBDIR",
+                root.join("usr/lib/x86_64-linux-gnu/pkgconfig"),
+            );
         }
         cmd.args(["build", "-p", "2", "-trimpath", "-buildvcs=false"]);
         if c.cgo {
@@ -185,8 +217,7 @@ pub(crate) fn build(
             // one): rebuild every package so the output depends only on the inputs.
             cmd.arg("-a");
         }
-        cmd
-            .arg(format!("-tags={}", c.tags.join(",")))
+        cmd.arg(format!("-tags={}", c.tags.join(",")))
             .arg(format!("-ldflags={}", ldflags.join(" ")))
             .arg("-o")
             .arg(&out)
@@ -194,8 +225,10 @@ pub(crate) fn build(
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
         let label = format!("{}/{} ({}/{total})", c.name, b.name, i + 1);
-        let status = run_with_progress(&mut cmd, &label)
-            .map_err(Error::io(format!("component {}: running go build for {}", c.name, b.name)))?;
+        let status = run_with_progress(&mut cmd, &label).map_err(Error::io(format!(
+            "component {}: running go build for {}",
+            c.name, b.name
+        )))?;
         if !status.success() {
             return Err(Error::GoBuild {
                 component: c.name.clone(),
@@ -220,7 +253,12 @@ pub(crate) fn build(
 }
 
 /// Static where it should be, and prints the pinned version.
-fn check_binary(c: &GoComponent, b: &super::GoBinary, path: &Path, epoch: u64) -> Result<(), Error> {
+fn check_binary(
+    c: &GoComponent,
+    b: &super::GoBinary,
+    path: &Path,
+    epoch: u64,
+) -> Result<(), Error> {
     let fail = |reason: String| Error::Component {
         component: c.name.clone(),
         reason,
@@ -228,11 +266,15 @@ fn check_binary(c: &GoComponent, b: &super::GoBinary, path: &Path, epoch: u64) -
     if !c.cgo || c.static_cgo {
         let needs = elf::needs(path).map_err(|e| fail(e.to_string()))?;
         if !needs.is_static() {
-            return Err(fail(format!("{} should be static but needs {needs:?}", b.name)));
+            return Err(fail(format!(
+                "{} should be static but needs {needs:?}",
+                b.name
+            )));
         }
     }
     let expect = c.expand(&b.expect, epoch);
-    let output = version_output(path, &b.version_args).map_err(|e| fail(format!("running {} {:?}: {e}", b.name, b.version_args)))?;
+    let output = version_output(path, &b.version_args)
+        .map_err(|e| fail(format!("running {} {:?}: {e}", b.name, b.version_args)))?;
     if !output.contains(&expect) {
         return Err(fail(format!(
             "{} {:?} printed {:?}, expected it to contain {expect:?}",
@@ -265,7 +307,10 @@ pub(crate) fn version_output(path: &Path, args: &[String]) -> std::io::Result<St
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 30 s"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer within 30 s",
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -278,7 +323,10 @@ pub(crate) fn version_output(path: &Path, args: &[String]) -> std::io::Result<St
 }
 
 /// Runs a long command, printing a line every 30 s so a person sees it is alive.
-pub(crate) fn run_with_progress(cmd: &mut Command, label: &str) -> std::io::Result<std::process::ExitStatus> {
+pub(crate) fn run_with_progress(
+    cmd: &mut Command,
+    label: &str,
+) -> std::io::Result<std::process::ExitStatus> {
     let start = Instant::now();
     eprintln!("  building {label} ...");
     let mut child = cmd.spawn()?;
@@ -286,7 +334,10 @@ pub(crate) fn run_with_progress(cmd: &mut Command, label: &str) -> std::io::Resu
     let label_owned = label.to_string();
     let ticker = std::thread::spawn(move || {
         while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(30)) {
-            eprintln!("  ... still building {label_owned}: {} s", start.elapsed().as_secs());
+            eprintln!(
+                "  ... still building {label_owned}: {} s",
+                start.elapsed().as_secs()
+            );
         }
     });
     let status = child.wait();

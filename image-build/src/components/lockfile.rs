@@ -131,27 +131,47 @@ impl Lockfile {
                 return Err(bad(format!("component `{}` is listed twice", c.name)));
             }
             check_name(&c.name).map_err(|r| bad(format!("go component `{}`: {r}", c.name)))?;
-            SemVer::parse(&c.version).map_err(|r| bad(format!("go component `{}`: {r}", c.name)))?;
+            SemVer::parse(&c.version)
+                .map_err(|r| bad(format!("go component `{}`: {r}", c.name)))?;
             if c.binaries.is_empty() {
                 return Err(bad(format!("go component `{}` builds no binaries", c.name)));
             }
             if c.cgo_debs.len() > 1 {
-                return Err(bad(format!("go component `{}`: cgo_debs takes at most one package (one pkg-config sysroot)", c.name)));
+                return Err(bad(format!(
+                    "go component `{}`: cgo_debs takes at most one package (one pkg-config sysroot)",
+                    c.name
+                )));
             }
-            if let Some(d) = c.cgo_debs.iter().find(|d| !self.deb.iter().any(|p| &p.name == *d)) {
-                return Err(bad(format!("go component `{}`: cgo_debs names `{d}`, which is not a [[deb]] entry", c.name)));
+            if let Some(d) = c
+                .cgo_debs
+                .iter()
+                .find(|d| !self.deb.iter().any(|p| &p.name == *d))
+            {
+                return Err(bad(format!(
+                    "go component `{}`: cgo_debs names `{d}`, which is not a [[deb]] entry",
+                    c.name
+                )));
             }
             if c.static_cgo && !c.cgo {
-                return Err(bad(format!("go component `{}`: static_cgo needs cgo = true", c.name)));
+                return Err(bad(format!(
+                    "go component `{}`: static_cgo needs cgo = true",
+                    c.name
+                )));
             }
             let mut bins = BTreeSet::new();
             for b in &c.binaries {
                 check_name(&b.name).map_err(|r| bad(format!("binary `{}`: {r}", b.name)))?;
                 if !bins.insert(b.name.as_str()) {
-                    return Err(bad(format!("go component `{}` lists binary `{}` twice", c.name, b.name)));
+                    return Err(bad(format!(
+                        "go component `{}` lists binary `{}` twice",
+                        c.name, b.name
+                    )));
                 }
                 if !b.sha256.is_empty() && !is_sha256(&b.sha256) {
-                    return Err(bad(format!("binary `{}/{}`: sha256 `{}` is not 64 hex digits", c.name, b.name, b.sha256)));
+                    return Err(bad(format!(
+                        "binary `{}/{}`: sha256 `{}` is not 64 hex digits",
+                        c.name, b.name, b.sha256
+                    )));
                 }
             }
         }
@@ -161,7 +181,10 @@ impl Lockfile {
                 return Err(bad(format!("deb `{}` is listed twice", d.name)));
             }
             if !is_sha256(&d.sha256) {
-                return Err(bad(format!("deb `{}`: sha256 `{}` is not 64 hex digits", d.name, d.sha256)));
+                return Err(bad(format!(
+                    "deb `{}`: sha256 `{}` is not 64 hex digits",
+                    d.name, d.sha256
+                )));
             }
         }
         Ok(())
@@ -193,12 +216,16 @@ fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("name `{name}` must be lowercase letters, digits, `-` or `_`"))
+        Err(format!(
+            "name `{name}` must be lowercase letters, digits, `-` or `_`"
+        ))
     }
 }
 
 pub(crate) fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    s.len() == 64
+        && s.chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
 }
 
 /// `v1.36.3` split into its parts.
@@ -214,10 +241,13 @@ impl SemVer {
         let err = || format!("version `{v}` is not of the form vMAJOR.MINOR.PATCH");
         let rest = v.strip_prefix('v').ok_or_else(err)?;
         let mut it = rest.split('.');
-        let mut next = || -> Result<u64, String> {
-            it.next().and_then(|p| p.parse().ok()).ok_or_else(err)
+        let mut next =
+            || -> Result<u64, String> { it.next().and_then(|p| p.parse().ok()).ok_or_else(err) };
+        let sv = SemVer {
+            major: next()?,
+            minor: next()?,
+            patch: next()?,
         };
-        let sv = SemVer { major: next()?, minor: next()?, patch: next()? };
         if it.next().is_some() {
             return Err(err());
         }
@@ -228,7 +258,11 @@ impl SemVer {
 impl GoComponent {
     /// Expands `{version}`, `{semver}`, `{major}`, `{minor}` and `{date}` in `s`.
     pub fn expand(&self, s: &str, source_date_epoch: u64) -> String {
-        let v = SemVer::parse(&self.version).unwrap_or(SemVer { major: 0, minor: 0, patch: 0 });
+        let v = SemVer::parse(&self.version).unwrap_or(SemVer {
+            major: 0,
+            minor: 0,
+            patch: 0,
+        });
         s.replace("{version}", &self.version)
             .replace("{semver}", self.version.trim_start_matches('v'))
             .replace("{major}", &v.major.to_string())
@@ -271,24 +305,35 @@ sha256 = "ba4f88f73dbc3ae9055f3c20f4523bfdbaf1ad13ff95e258924f77d20b4fbedf"
     #[test]
     fn unknown_field_is_named() {
         let text = MINIMAL.replace("module = ", "modul = ");
-        let err = Lockfile::parse(Path::new("c.toml"), &text).expect_err("must fail").to_string();
+        let err = Lockfile::parse(Path::new("c.toml"), &text)
+            .expect_err("must fail")
+            .to_string();
         assert!(err.contains("modul"), "{err}");
     }
 
     #[test]
     fn bad_deb_hash_and_duplicates_are_refused() {
         let text = MINIMAL.replace("ba4f88f7", "zz4f88f7");
-        let err = Lockfile::parse(Path::new("c.toml"), &text).expect_err("bad hash").to_string();
+        let err = Lockfile::parse(Path::new("c.toml"), &text)
+            .expect_err("bad hash")
+            .to_string();
         assert!(err.contains("libc6") && err.contains("64 hex"), "{err}");
-        let dup = format!("{MINIMAL}\n[[deb]]\nname = \"libc6\"\nversion = \"1\"\nsha256 = \"{}\"\n", "a".repeat(64));
-        let err = Lockfile::parse(Path::new("c.toml"), &dup).expect_err("dup").to_string();
+        let dup = format!(
+            "{MINIMAL}\n[[deb]]\nname = \"libc6\"\nversion = \"1\"\nsha256 = \"{}\"\n",
+            "a".repeat(64)
+        );
+        let err = Lockfile::parse(Path::new("c.toml"), &dup)
+            .expect_err("dup")
+            .to_string();
         assert!(err.contains("listed twice"), "{err}");
     }
 
     #[test]
     fn bad_version_is_refused() {
         let text = MINIMAL.replace("\"v3.6.8\"", "\"3.6\"");
-        let err = Lockfile::parse(Path::new("c.toml"), &text).expect_err("bad version").to_string();
+        let err = Lockfile::parse(Path::new("c.toml"), &text)
+            .expect_err("bad version")
+            .to_string();
         assert!(err.contains("vMAJOR.MINOR.PATCH"), "{err}");
     }
 
@@ -307,9 +352,20 @@ sha256 = "ba4f88f73dbc3ae9055f3c20f4523bfdbaf1ad13ff95e258924f77d20b4fbedf"
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("components.toml");
         let lock = Lockfile::load(&path).expect("components.toml is valid");
         for c in &lock.go {
-            assert!(lock.gomod_dir(c).join("go.mod").is_file(), "{} has no wrapper go.mod", c.name);
-            assert!(lock.gomod_dir(c).join("go.sum").is_file(), "{} has no wrapper go.sum", c.name);
+            assert!(
+                lock.gomod_dir(c).join("go.mod").is_file(),
+                "{} has no wrapper go.mod",
+                c.name
+            );
+            assert!(
+                lock.gomod_dir(c).join("go.sum").is_file(),
+                "{} has no wrapper go.sum",
+                c.name
+            );
         }
-        assert!(lock.deb.iter().any(|d| d.name.starts_with("linux-image-")), "no kernel package");
+        assert!(
+            lock.deb.iter().any(|d| d.name.starts_with("linux-image-")),
+            "no kernel package"
+        );
     }
 }

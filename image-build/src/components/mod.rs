@@ -35,7 +35,9 @@ pub enum Error {
     },
     #[error("lockfile {path}: {reason}")]
     Lockfile { path: PathBuf, reason: String },
-    #[error("deb {name} {version}: sha256 is {actual} but the lockfile pins {expected}; refusing it (nothing was added to the cache)")]
+    #[error(
+        "deb {name} {version}: sha256 is {actual} but the lockfile pins {expected}; refusing it (nothing was added to the cache)"
+    )]
     DebHashMismatch {
         name: String,
         version: String,
@@ -48,7 +50,9 @@ pub enum Error {
         version: String,
         reason: String,
     },
-    #[error("component {component}: building {binary} failed ({status}); last lines of the Go output:\n{tail}")]
+    #[error(
+        "component {component}: building {binary} failed ({status}); last lines of the Go output:\n{tail}"
+    )]
     GoBuild {
         component: String,
         binary: String,
@@ -73,7 +77,10 @@ pub enum Error {
         cache.display(),
         missing.join(", ")
     )]
-    NotCached { cache: PathBuf, missing: Vec<String> },
+    NotCached {
+        cache: PathBuf,
+        missing: Vec<String>,
+    },
     #[error("offline and the cache is cold; missing: {}", missing.join(", "))]
     OfflineMissing { missing: Vec<String> },
     #[error("{0}")]

@@ -53,17 +53,24 @@ impl BuildReport {
 
     /// The extracted tree of a Debian package.
     pub fn deb_root(&self, name: &str) -> Result<&Path, Error> {
-        self.deb.get(name).map(|d| d.root.as_path()).ok_or_else(|| Error::Deb {
-            name: name.into(),
-            version: String::new(),
-            reason: "not fetched in this run (missing from the lockfile?)".into(),
-        })
+        self.deb
+            .get(name)
+            .map(|d| d.root.as_path())
+            .ok_or_else(|| Error::Deb {
+                name: name.into(),
+                version: String::new(),
+                reason: "not fetched in this run (missing from the lockfile?)".into(),
+            })
     }
 
     /// The summary table.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "{:<5} {:<28} {:<20} {:>10} {:<7} {:>8}", "KIND", "NAME", "VERSION", "SIZE", "STATUS", "SECONDS");
+        let _ = writeln!(
+            s,
+            "{:<5} {:<28} {:<20} {:>10} {:<7} {:>8}",
+            "KIND", "NAME", "VERSION", "SIZE", "STATUS", "SECONDS"
+        );
         for r in &self.rows {
             let status = match r.status {
                 CacheStatus::Cached => "cached",
@@ -95,7 +102,11 @@ fn human_bytes(b: u64) -> String {
 }
 
 /// Builds or fetches every selected entry of the lockfile and reports on each.
-pub fn build_all(lock: &Lockfile, cache: &Cache, opts: &BuildOptions) -> Result<BuildReport, Error> {
+pub fn build_all(
+    lock: &Lockfile,
+    cache: &Cache,
+    opts: &BuildOptions,
+) -> Result<BuildReport, Error> {
     let start = Instant::now();
     let selected = |name: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == name);
     let gos: Vec<_> = lock.go.iter().filter(|c| selected(&c.name)).collect();
@@ -131,10 +142,11 @@ pub fn build_all(lock: &Lockfile, cache: &Cache, opts: &BuildOptions) -> Result<
         for d in &debs {
             // Named as `deb::obtain` looks for it (epoch ':' as "%3a", arch amd64 or all).
             let stem = format!("{}_{}_", d.name, d.version.replace(':', "%3a"));
-            let in_dir = opts
-                .deb_dir
-                .as_deref()
-                .is_some_and(|dir| ["amd64", "all"].iter().any(|arch| dir.join(format!("{stem}{arch}.deb")).is_file()));
+            let in_dir = opts.deb_dir.as_deref().is_some_and(|dir| {
+                ["amd64", "all"]
+                    .iter()
+                    .any(|arch| dir.join(format!("{stem}{arch}.deb")).is_file())
+            });
             if !deb::is_cached(cache, d)? && !in_dir {
                 missing.push(format!("deb {} {}", d.name, d.version));
             }
@@ -166,16 +178,31 @@ pub fn build_all(lock: &Lockfile, cache: &Cache, opts: &BuildOptions) -> Result<
             EntryState::Valid(m) if usable => (CacheStatus::Cached, m),
             other => {
                 if let EntryState::Corrupt(reason) = &other {
-                    eprintln!("component {}: cache entry is damaged ({reason}); rebuilding", c.name);
+                    eprintln!(
+                        "component {}: cache entry is damaged ({reason}); rebuilding",
+                        c.name
+                    );
                 }
                 if let EntryState::Valid(_) = &other {
-                    eprintln!("component {}: cached binaries differ from the lockfile's hashes; rebuilding", c.name);
+                    eprintln!(
+                        "component {}: cached binaries differ from the lockfile's hashes; rebuilding",
+                        c.name
+                    );
                 }
                 let scratch = cache.scratch(&format!("go-{}", c.name))?;
                 let staging = scratch.path().join("entry");
-                std::fs::create_dir_all(&staging).map_err(Error::io(format!("creating {}", staging.display())))?;
+                std::fs::create_dir_all(&staging)
+                    .map_err(Error::io(format!("creating {}", staging.display())))?;
                 let sysroot = c.cgo_debs.first().map(|d| report.deb_root(d)).transpose()?;
-                let manifest = go::build(lock, cache, c, &staging, opts.offline, !opts.skip_pins, sysroot)?;
+                let manifest = go::build(
+                    lock,
+                    cache,
+                    c,
+                    &staging,
+                    opts.offline,
+                    !opts.skip_pins,
+                    sysroot,
+                )?;
                 cache::commit_entry(&staging, &dir, &manifest)?;
                 (CacheStatus::Built, manifest)
             }
@@ -218,13 +245,18 @@ pub fn build_all(lock: &Lockfile, cache: &Cache, opts: &BuildOptions) -> Result<
 /// build inputs), so the cache does not grow with every version bump.
 fn prune(cache: &Cache, keep: &[PathBuf]) {
     for dir in [cache.components(), cache.debs()] {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let path = e.path();
             if path.is_dir() && !keep.contains(&path) {
                 match std::fs::remove_dir_all(&path) {
                     Ok(()) => eprintln!("components: removed stale cache entry {}", path.display()),
-                    Err(err) => eprintln!("components: could not remove stale {}: {err}", path.display()),
+                    Err(err) => eprintln!(
+                        "components: could not remove stale {}: {err}",
+                        path.display()
+                    ),
                 }
             }
         }
@@ -271,9 +303,11 @@ pub fn cached(names: &[&str]) -> Result<BuildReport, Error> {
 }
 
 fn pins_match(c: &super::GoComponent, m: &cache::Manifest) -> bool {
-    c.binaries
-        .iter()
-        .all(|b| m.files.get(&b.name).is_some_and(|h| b.sha256.is_empty() || *h == b.sha256))
+    c.binaries.iter().all(|b| {
+        m.files
+            .get(&b.name)
+            .is_some_and(|h| b.sha256.is_empty() || *h == b.sha256)
+    })
 }
 
 fn check_host_packages(pkgs: &[String]) -> Result<(), Error> {
@@ -282,7 +316,10 @@ fn check_host_packages(pkgs: &[String]) -> Result<(), Error> {
         let ok = Command::new("dpkg-query")
             .args(["-W", "-f=${Status}", p])
             .output()
-            .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+            .map(|o| {
+                o.status.success()
+                    && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+            })
             .unwrap_or(false);
         if !ok {
             missing.push(p.clone());

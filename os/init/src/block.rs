@@ -31,21 +31,32 @@ impl Partition {
 
 /// Parses a uevent file's `KEY=value` lines.
 pub fn uevent_value<'a>(uevent: &'a str, key: &str) -> Option<&'a str> {
-    uevent.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Scans `sys_block` (normally /sys/class/block) for a partition labelled `label`.
 pub fn find_by_label(sys_block: &Path, label: &str) -> Result<Option<Partition>> {
-    let entries = std::fs::read_dir(sys_block).with_context(|| format!("listing {}", sys_block.display()))?;
+    let entries =
+        std::fs::read_dir(sys_block).with_context(|| format!("listing {}", sys_block.display()))?;
     let mut found = Vec::new();
     for e in entries.flatten() {
         let dir = e.path();
-        let Ok(uevent) = std::fs::read_to_string(dir.join("uevent")) else { continue };
-        if uevent_value(&uevent, "DEVTYPE") != Some("partition") || uevent_value(&uevent, "PARTNAME") != Some(label) {
+        let Ok(uevent) = std::fs::read_to_string(dir.join("uevent")) else {
+            continue;
+        };
+        if uevent_value(&uevent, "DEVTYPE") != Some("partition")
+            || uevent_value(&uevent, "PARTNAME") != Some(label)
+        {
             continue;
         }
-        let name = uevent_value(&uevent, "DEVNAME").unwrap_or_default().to_string();
-        let number = uevent_value(&uevent, "PARTN").and_then(|n| n.parse().ok()).unwrap_or(0);
+        let name = uevent_value(&uevent, "DEVNAME")
+            .unwrap_or_default()
+            .to_string();
+        let number = uevent_value(&uevent, "PARTN")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         // The partition's sysfs directory lives inside its disk's directory.
         let real = std::fs::canonicalize(&dir).unwrap_or(dir.clone());
         let disk = real
@@ -64,7 +75,11 @@ pub fn find_by_label(sys_block: &Path, label: &str) -> Result<Option<Partition>>
     if found.len() > 1 {
         bail!(
             "more than one partition is labelled {label}: {} — remove the other disk or relabel it",
-            found.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+            found
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(found.pop())
@@ -80,7 +95,10 @@ pub fn wait_for_label(label: &str, timeout: Duration) -> Result<Partition> {
             }
         }
         if start.elapsed() > timeout {
-            bail!("no partition labelled {label} appeared within {} s", timeout.as_secs());
+            bail!(
+                "no partition labelled {label} appeared within {} s",
+                timeout.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -97,14 +115,21 @@ pub enum FsKind {
 pub fn probe_fs(dev: &Path) -> Result<FsKind> {
     let mut f = std::fs::File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
     let mut head = [0u8; 4];
-    f.read_exact(&mut head).with_context(|| format!("reading {}", dev.display()))?;
+    f.read_exact(&mut head)
+        .with_context(|| format!("reading {}", dev.display()))?;
     if &head == b"hsqs" {
         return Ok(FsKind::Squashfs);
     }
     let mut magic = [0u8; 2];
-    f.seek(SeekFrom::Start(1024 + 0x38)).with_context(|| format!("seeking in {}", dev.display()))?;
-    f.read_exact(&mut magic).with_context(|| format!("reading {}", dev.display()))?;
-    Ok(if magic == [0x53, 0xEF] { FsKind::Ext4 } else { FsKind::Unknown })
+    f.seek(SeekFrom::Start(1024 + 0x38))
+        .with_context(|| format!("seeking in {}", dev.display()))?;
+    f.read_exact(&mut magic)
+        .with_context(|| format!("reading {}", dev.display()))?;
+    Ok(if magic == [0x53, 0xEF] {
+        FsKind::Ext4
+    } else {
+        FsKind::Unknown
+    })
 }
 
 #[cfg(test)]
@@ -126,15 +151,23 @@ mod tests {
         for (n, label) in [(1, "EFI"), (2, "CAIRN-A"), (5, "DATA")] {
             let d = disk.join(format!("vda{n}"));
             std::fs::create_dir_all(&d).expect("mkdir");
-            std::fs::write(d.join("uevent"), format!("DEVNAME=vda{n}\nDEVTYPE=partition\nPARTN={n}\nPARTNAME={label}\n")).expect("write");
+            std::fs::write(
+                d.join("uevent"),
+                format!("DEVNAME=vda{n}\nDEVTYPE=partition\nPARTN={n}\nPARTNAME={label}\n"),
+            )
+            .expect("write");
         }
         let class = tmp.path().join("class");
         std::fs::create_dir_all(&class).expect("mkdir");
         for n in [1, 2, 5] {
-            std::os::unix::fs::symlink(disk.join(format!("vda{n}")), class.join(format!("vda{n}"))).expect("link");
+            std::os::unix::fs::symlink(disk.join(format!("vda{n}")), class.join(format!("vda{n}")))
+                .expect("link");
         }
         let p = find_by_label(&class, "DATA").expect("scan").expect("found");
-        assert_eq!((p.name.as_str(), p.disk.as_str(), p.number), ("vda5", "vda", 5));
+        assert_eq!(
+            (p.name.as_str(), p.disk.as_str(), p.number),
+            ("vda5", "vda", 5)
+        );
         assert!(find_by_label(&class, "STATE").expect("scan").is_none());
     }
 

@@ -39,7 +39,9 @@ pub struct Locations {
 impl Locations {
     pub fn node() -> Locations {
         Locations {
-            fw_cfg: Path::new("/sys/firmware/qemu_fw_cfg/by_name").join(FW_CFG_NAME).join("raw"),
+            fw_cfg: Path::new("/sys/firmware/qemu_fw_cfg/by_name")
+                .join(FW_CFG_NAME)
+                .join("raw"),
             state: PathBuf::from("/state/machine.yaml"),
         }
     }
@@ -62,10 +64,16 @@ pub fn load(loc: &Locations) -> Result<(MachineConfig, Source)> {
                 tracing::error!(event = "config_error", error = ?e.to_string(), "machine config rejected");
                 match last_good {
                     Some((cfg, _)) => {
-                        tracing::warn!(event = "config_fallback", source = "state", "keeping the last good machine config");
+                        tracing::warn!(
+                            event = "config_fallback",
+                            source = "state",
+                            "keeping the last good machine config"
+                        );
                         return Ok((cfg, Source::State));
                     }
-                    None => bail!("machine config rejected and no earlier good config to keep: {e}"),
+                    None => {
+                        bail!("machine config rejected and no earlier good config to keep: {e}")
+                    }
                 }
             }
         }
@@ -84,7 +92,10 @@ pub fn load(loc: &Locations) -> Result<(MachineConfig, Source)> {
             }
         };
     }
-    let cfg = MachineConfig::parse("embedded default machine config", MachineConfig::default_document())?;
+    let cfg = MachineConfig::parse(
+        "embedded default machine config",
+        MachineConfig::default_document(),
+    )?;
     Ok((cfg, Source::Default))
 }
 
@@ -105,7 +116,8 @@ mod tests {
         }
     }
 
-    const GOOD: &str = "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: node-7\n";
+    const GOOD: &str =
+        "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: node-7\n";
 
     #[test]
     fn default_when_nothing_given() {
@@ -121,7 +133,10 @@ mod tests {
         let l = locs(tmp.path());
         std::fs::write(&l.fw_cfg, GOOD).expect("write");
         let (cfg, src) = load(&l).expect("fw_cfg");
-        assert_eq!((cfg.machine.hostname.as_str(), src), ("node-7", Source::FwCfg));
+        assert_eq!(
+            (cfg.machine.hostname.as_str(), src),
+            ("node-7", Source::FwCfg)
+        );
         assert_eq!(std::fs::read_to_string(&l.state).expect("kept"), GOOD);
     }
 
@@ -133,7 +148,10 @@ mod tests {
         std::fs::write(&l.state, GOOD).expect("write");
         std::fs::write(&l.fw_cfg, "machine: [\n").expect("write");
         let (cfg, src) = load(&l).expect("fallback");
-        assert_eq!((cfg.machine.hostname.as_str(), src), ("node-7", Source::State));
+        assert_eq!(
+            (cfg.machine.hostname.as_str(), src),
+            ("node-7", Source::State)
+        );
         assert_eq!(std::fs::read_to_string(&l.state).expect("unchanged"), GOOD);
     }
 
@@ -141,7 +159,11 @@ mod tests {
     fn bad_fw_cfg_without_fallback_is_fatal_with_reason() {
         let tmp = tempfile::tempdir().expect("tmp");
         let l = locs(tmp.path());
-        std::fs::write(&l.fw_cfg, "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostnme: x\n").expect("write");
+        std::fs::write(
+            &l.fw_cfg,
+            "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostnme: x\n",
+        )
+        .expect("write");
         let err = format!("{:#}", load(&l).expect_err("fatal"));
         assert!(err.contains("hostnme") && err.contains("line 4"), "{err}");
         assert!(!l.state.exists());

@@ -23,9 +23,16 @@ pub fn halt(reason: &str) -> ! {
     for line in reason.lines() {
         tracing::error!(event = "fatal", error = ?line, "boot failed");
     }
-    tracing::error!(event = "fatal", "cairn cannot continue: {}", reason.lines().next().unwrap_or(reason));
+    tracing::error!(
+        event = "fatal",
+        "cairn cannot continue: {}",
+        reason.lines().next().unwrap_or(reason)
+    );
     if hold {
-        tracing::error!(event = "holding", "holding (cairn.hold): the machine stays up so the error can be read");
+        tracing::error!(
+            event = "holding",
+            "holding (cairn.hold): the machine stays up so the error can be read"
+        );
         loop {
             reap_and_sleep(Duration::from_secs(5));
         }

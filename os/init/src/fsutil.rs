@@ -6,7 +6,13 @@ use anyhow::{Context, Result};
 use nix::mount::{MsFlags, mount};
 
 /// mount(2) with an error that says what was mounted where.
-pub fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
+pub fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
     std::fs::create_dir_all(target).with_context(|| format!("creating mount point {target}"))?;
     mount(Some(source), target, Some(fstype), flags, data)
         .with_context(|| format!("mounting {fstype} {source} on {target}"))
@@ -14,7 +20,13 @@ pub fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: 
 
 /// Mounts unless something is already mounted there (after switch-root the
 /// kernel filesystems moved along with us).
-pub fn mount_once(source: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
+pub fn mount_once(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
     if is_mountpoint(target) {
         return Ok(());
     }
@@ -26,13 +38,15 @@ pub fn is_mountpoint(path: &str) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
-    info.lines().any(|l| l.split_whitespace().nth(4) == Some(path))
+    info.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(path))
 }
 
 pub fn write(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result<()> {
     let path = path.as_ref();
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
@@ -43,13 +57,19 @@ pub fn write(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result<()> {
 pub fn write_durable(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result<()> {
     use std::io::Write;
     let path = path.as_ref();
-    let dir = path.parent().with_context(|| format!("{} has no parent directory", path.display()))?;
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(contents.as_ref()).with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents.as_ref())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))

@@ -45,13 +45,21 @@ pub struct Grown {
 
 /// Extends partition `partno` (1-based, must be the last on the disk) to the end of
 /// a disk of `disk_sectors`. Returns `None` when there is nothing to grow.
-pub fn grow_last_partition<D: Read + Write + Seek>(disk: &mut D, disk_sectors: u64, partno: u32) -> Result<Option<Grown>> {
+pub fn grow_last_partition<D: Read + Write + Seek>(
+    disk: &mut D,
+    disk_sectors: u64,
+    partno: u32,
+) -> Result<Option<Grown>> {
     let mut hdr = vec![0u8; SECTOR as usize];
     disk.seek(SeekFrom::Start(SECTOR))?;
-    disk.read_exact(&mut hdr).context("reading the primary GPT header")?;
+    disk.read_exact(&mut hdr)
+        .context("reading the primary GPT header")?;
     ensure!(&hdr[..8] == b"EFI PART", "no GPT signature at LBA 1");
     let hsize = u32_at(&hdr, 12) as usize;
-    ensure!((92..=SECTOR as usize).contains(&hsize), "GPT header size {hsize} is invalid");
+    ensure!(
+        (92..=SECTOR as usize).contains(&hsize),
+        "GPT header size {hsize} is invalid"
+    );
     let mut check = hdr.clone();
     let stored = u32_at(&hdr, 16);
     header_crc(&mut check);
@@ -60,15 +68,27 @@ pub fn grow_last_partition<D: Read + Write + Seek>(disk: &mut D, disk_sectors: u
     let entries_lba = u64_at(&hdr, 72);
     let count = u32_at(&hdr, 80) as usize;
     let esize = u32_at(&hdr, 84) as usize;
-    ensure!(esize >= 128 && count > 0 && count <= 1024, "GPT entry array ({count} x {esize}) is invalid");
+    ensure!(
+        esize >= 128 && count > 0 && count <= 1024,
+        "GPT entry array ({count} x {esize}) is invalid"
+    );
     let mut entries = vec![0u8; count * esize];
     disk.seek(SeekFrom::Start(entries_lba * SECTOR))?;
-    disk.read_exact(&mut entries).context("reading the GPT entries")?;
-    ensure!(crc32fast::hash(&entries) == u32_at(&hdr, 88), "GPT entry array CRC mismatch");
+    disk.read_exact(&mut entries)
+        .context("reading the GPT entries")?;
+    ensure!(
+        crc32fast::hash(&entries) == u32_at(&hdr, 88),
+        "GPT entry array CRC mismatch"
+    );
     let entries_sectors = (entries.len() as u64).div_ceil(SECTOR);
 
-    let idx = partno.checked_sub(1).context("partition numbers start at 1")? as usize;
-    ensure!(idx < count, "partition {partno} is beyond the GPT's {count} entries");
+    let idx = partno
+        .checked_sub(1)
+        .context("partition numbers start at 1")? as usize;
+    ensure!(
+        idx < count,
+        "partition {partno} is beyond the GPT's {count} entries"
+    );
     let e = idx * esize;
     let first = u64_at(&entries, e + 32);
     let last = u64_at(&entries, e + 40);
@@ -76,7 +96,10 @@ pub fn grow_last_partition<D: Read + Write + Seek>(disk: &mut D, disk_sectors: u
     for i in (0..count).filter(|i| *i != idx) {
         let other_first = u64_at(&entries, i * esize + 32);
         if other_first > last {
-            bail!("partition {partno} is not the last on the disk (partition {} follows it)", i + 1);
+            bail!(
+                "partition {partno} is not the last on the disk (partition {} follows it)",
+                i + 1
+            );
         }
     }
 
@@ -102,13 +125,17 @@ pub fn grow_last_partition<D: Read + Write + Seek>(disk: &mut D, disk_sectors: u
     header_crc(&mut backup);
 
     disk.seek(SeekFrom::Start((last_usable + 1) * SECTOR))?;
-    disk.write_all(&entries).context("writing the backup GPT entries")?;
+    disk.write_all(&entries)
+        .context("writing the backup GPT entries")?;
     disk.seek(SeekFrom::Start(backup_lba * SECTOR))?;
-    disk.write_all(&backup).context("writing the backup GPT header")?;
+    disk.write_all(&backup)
+        .context("writing the backup GPT header")?;
     disk.seek(SeekFrom::Start(entries_lba * SECTOR))?;
-    disk.write_all(&entries).context("writing the primary GPT entries")?;
+    disk.write_all(&entries)
+        .context("writing the primary GPT entries")?;
     disk.seek(SeekFrom::Start(SECTOR))?;
-    disk.write_all(&hdr).context("writing the primary GPT header")?;
+    disk.write_all(&hdr)
+        .context("writing the primary GPT header")?;
     disk.flush()?;
     Ok(Some(Grown {
         first_lba: first,
@@ -138,7 +165,12 @@ const BLKPG: libc::c_ulong = 0x1269;
 const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
 
 /// Tells the kernel partition `partno` of the open disk now spans `first..=last` (sectors).
-pub fn kernel_resize_partition(disk: &std::fs::File, partno: u32, first: u64, last: u64) -> Result<()> {
+pub fn kernel_resize_partition(
+    disk: &std::fs::File,
+    partno: u32,
+    first: u64,
+    last: u64,
+) -> Result<()> {
     let mut part = BlkpgPartition {
         start: i64::try_from(first * SECTOR)?,
         length: i64::try_from((last - first + 1) * SECTOR)?,
@@ -157,7 +189,8 @@ pub fn kernel_resize_partition(disk: &std::fs::File, partno: u32, first: u64, la
     // outlive the call, and the fd is an open block device.
     let rc = unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG, &raw mut arg) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("BLKPG resize of partition {partno}"));
+        return Err(std::io::Error::last_os_error())
+            .context(format!("BLKPG resize of partition {partno}"));
     }
     Ok(())
 }
@@ -173,7 +206,10 @@ mod tests {
     fn grows_a_real_gpt_and_tools_accept_it() {
         if Command::new("sfdisk").arg("--version").output().is_err() {
             let skip_reason = "SKIPPED: sfdisk not installed";
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "under CI every test must run; missing: {skip_reason}"
+            );
             eprintln!("SKIPPED: sfdisk not installed");
             return;
         }
@@ -182,38 +218,72 @@ mod tests {
         let f = std::fs::File::create(&img).expect("create");
         f.set_len(64 << 20).expect("size");
         drop(f);
-        let script = "label: gpt\nsize=8MiB, name=EFI\nsize=8MiB, name=STATE\nsize=8MiB, name=DATA\n";
+        let script =
+            "label: gpt\nsize=8MiB, name=EFI\nsize=8MiB, name=STATE\nsize=8MiB, name=DATA\n";
         let mut child = Command::new("sfdisk")
             .arg(&img)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("sfdisk");
-        child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("script");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("script");
         assert!(child.wait().expect("wait").success());
 
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&img).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .expect("open");
         f.set_len(256 << 20).expect("grow file");
         let mut f = f;
         let sectors = (256u64 << 20) / SECTOR;
-        let g = grow_last_partition(&mut f, sectors, 3).expect("grow").expect("grew");
+        let g = grow_last_partition(&mut f, sectors, 3)
+            .expect("grow")
+            .expect("grew");
         assert_eq!((g.new_last_lba + 1) % ALIGN, 0);
         assert!(g.new_last_lba > g.old_last_lba);
         assert!(g.new_last_lba <= sectors - 34);
         // Growing again is a no-op.
-        assert_eq!(grow_last_partition(&mut f, sectors, 3).expect("again"), None);
+        assert_eq!(
+            grow_last_partition(&mut f, sectors, 3).expect("again"),
+            None
+        );
         // Not the last partition: refused with a reason.
-        let err = grow_last_partition(&mut f, sectors, 2).expect_err("not last").to_string();
+        let err = grow_last_partition(&mut f, sectors, 2)
+            .expect_err("not last")
+            .to_string();
         assert!(err.contains("not the last"), "{err}");
         drop(f);
 
-        let out = Command::new("sfdisk").arg("--verify").arg(&img).output().expect("verify");
+        let out = Command::new("sfdisk")
+            .arg("--verify")
+            .arg(&img)
+            .output()
+            .expect("verify");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains("No errors detected"), "sfdisk --verify: {text}");
-        let dump = Command::new("sfdisk").arg("-d").arg(&img).output().expect("dump");
+        assert!(
+            out.status.success() && text.contains("No errors detected"),
+            "sfdisk --verify: {text}"
+        );
+        let dump = Command::new("sfdisk")
+            .arg("-d")
+            .arg(&img)
+            .output()
+            .expect("dump");
         let dump = String::from_utf8_lossy(&dump.stdout).replace(' ', "");
-        let data = dump.lines().find(|l| l.contains("name=\"DATA\"")).unwrap_or_default();
-        assert!(data.contains(&format!("size={},", g.new_last_lba - g.first_lba + 1)), "{dump}");
+        let data = dump
+            .lines()
+            .find(|l| l.contains("name=\"DATA\""))
+            .unwrap_or_default();
+        assert!(
+            data.contains(&format!("size={},", g.new_last_lba - g.first_lba + 1)),
+            "{dump}"
+        );
         if let Ok(out) = Command::new("sgdisk").arg("-v").arg(&img).output() {
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(text.contains("No problems found"), "sgdisk -v: {text}");

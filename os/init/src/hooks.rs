@@ -19,7 +19,11 @@ pub const CONTROL_PORT: u16 = 7777;
 const FORWARDS: &[(u16, u16)] = &[(12379, 2379)];
 
 pub fn spawn(supervisor: Supervisor) {
-    tracing::warn!(event = "test_hooks", port = CONTROL_PORT, "TEST HOOKS ENABLED: this is a test image");
+    tracing::warn!(
+        event = "test_hooks",
+        port = CONTROL_PORT,
+        "TEST HOOKS ENABLED: this is a test image"
+    );
     tokio::spawn(async move {
         let listener = match TcpListener::bind(("0.0.0.0", CONTROL_PORT)).await {
             Ok(l) => l,
@@ -48,7 +52,9 @@ async fn serve(conn: TcpStream, supervisor: Supervisor) {
                 .map(|s| format!("{}={:?}", s.name, s.state))
                 .collect::<Vec<_>>()
                 .join(","),
-            ["cgroup", service] => read_line(&format!("/sys/fs/cgroup/cairn/{service}/cgroup.procs")),
+            ["cgroup", service] => {
+                read_line(&format!("/sys/fs/cgroup/cairn/{service}/cgroup.procs"))
+            }
             ["rss"] => std::fs::read_to_string("/proc/1/status")
                 .unwrap_or_default()
                 .lines()
@@ -78,7 +84,9 @@ fn read_line(path: &str) -> String {
 }
 
 async fn forward(outer: u16, inner: u16) {
-    let Ok(listener) = TcpListener::bind(("0.0.0.0", outer)).await else { return };
+    let Ok(listener) = TcpListener::bind(("0.0.0.0", outer)).await else {
+        return;
+    };
     while let Ok((mut conn, _)) = listener.accept().await {
         tokio::spawn(async move {
             if let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", inner)).await {

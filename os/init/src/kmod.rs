@@ -147,11 +147,10 @@ impl Modules {
         if self.loaded.contains(&name) || self.builtin.contains(&name) {
             return Ok(());
         }
-        let (path, deps) = self
-            .deps
-            .get(&name)
-            .cloned()
-            .with_context(|| format!("kernel module {name} is not in {}", self.dir.display()))?;
+        let (path, deps) =
+            self.deps.get(&name).cloned().with_context(|| {
+                format!("kernel module {name} is not in {}", self.dir.display())
+            })?;
         // modules.dep lists dependencies so that the last one must be loaded first.
         for dep in deps.iter().rev() {
             self.load_one(dep)?;
@@ -173,11 +172,16 @@ impl Modules {
 
     fn load_one_path(&mut self, name: &str, rel: &Path) -> Result<()> {
         let path = self.dir.join(rel);
-        let file = std::fs::File::open(&path).with_context(|| format!("opening module {}", path.display()))?;
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("opening module {}", path.display()))?;
         let params = CString::default();
         match finit_module(&file, &params, ModuleInitFlags::empty()) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(e).with_context(|| format!("loading kernel module {name} from {}", path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("loading kernel module {name} from {}", path.display())
+                });
+            }
         }
         tracing::debug!(module = name, "module loaded");
         self.loaded.insert(name.to_string());
@@ -190,7 +194,9 @@ impl Modules {
         for name in names {
             match self.load(name) {
                 Ok(()) => n += 1,
-                Err(e) => tracing::warn!(module = name, error = ?format!("{e:#}"), "module not loaded"),
+                Err(e) => {
+                    tracing::warn!(module = name, error = ?format!("{e:#}"), "module not loaded")
+                }
             }
         }
         n
@@ -212,7 +218,10 @@ impl Modules {
     pub fn coldplug(&mut self) -> usize {
         let mut aliases = Vec::new();
         collect_modaliases(Path::new("/sys/devices"), &mut aliases, 0);
-        let mut wanted: Vec<String> = aliases.iter().flat_map(|a| self.modules_for_alias(a)).collect();
+        let mut wanted: Vec<String> = aliases
+            .iter()
+            .flat_map(|a| self.modules_for_alias(a))
+            .collect();
         wanted.sort();
         wanted.dedup();
         let mut n = 0;
@@ -222,7 +231,9 @@ impl Modules {
             }
             match self.load(&m) {
                 Ok(()) => n += 1,
-                Err(e) => tracing::debug!(module = %m, error = ?format!("{e:#}"), "coldplug: module not loaded"),
+                Err(e) => {
+                    tracing::debug!(module = %m, error = ?format!("{e:#}"), "coldplug: module not loaded")
+                }
             }
         }
         n
@@ -233,7 +244,9 @@ fn collect_modaliases(dir: &Path, out: &mut Vec<String>, depth: usize) {
     if depth > 12 {
         return;
     }
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let Ok(ft) = e.file_type() else { continue };
         let name = e.file_name();
@@ -257,19 +270,39 @@ mod tests {
     #[test]
     fn names_and_deps() {
         assert_eq!(module_name("kernel/fs/ext4/ext4.ko"), "ext4");
-        assert_eq!(module_name("kernel/drivers/x/virtio-foo.ko.xz"), "virtio_foo");
-        let deps = parse_dep("kernel/fs/ext4/ext4.ko: kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\nkernel/fs/mbcache.ko:\n");
-        assert_eq!(deps["ext4"].1, vec!["mbcache".to_string(), "jbd2".to_string()]);
+        assert_eq!(
+            module_name("kernel/drivers/x/virtio-foo.ko.xz"),
+            "virtio_foo"
+        );
+        let deps = parse_dep(
+            "kernel/fs/ext4/ext4.ko: kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\nkernel/fs/mbcache.ko:\n",
+        );
+        assert_eq!(
+            deps["ext4"].1,
+            vec!["mbcache".to_string(), "jbd2".to_string()]
+        );
         assert!(deps["mbcache"].1.is_empty());
     }
 
     #[test]
     fn globbing_like_modules_alias() {
-        assert!(glob_match(b"pci:v00001AF4d00001001sv*sd*bc*sc*i*", b"pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00"));
-        assert!(!glob_match(b"pci:v00001AF4d00001000sv*", b"pci:v00001AF4d00001001sv00001AF4"));
-        assert!(glob_match(b"virtio:d00000002v*", b"virtio:d00000002v00001AF4"));
+        assert!(glob_match(
+            b"pci:v00001AF4d00001001sv*sd*bc*sc*i*",
+            b"pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00"
+        ));
+        assert!(!glob_match(
+            b"pci:v00001AF4d00001000sv*",
+            b"pci:v00001AF4d00001001sv00001AF4"
+        ));
+        assert!(glob_match(
+            b"virtio:d00000002v*",
+            b"virtio:d00000002v00001AF4"
+        ));
         assert!(glob_match(b"acpi*:QEMU0002:*", b"acpi:QEMU0002:"));
-        assert!(glob_match(b"input:b*v*p*e*-e*1,*k*74,*", b"input:b0019v0000p0001e0000-e0,1,k74,ramlsfw"));
+        assert!(glob_match(
+            b"input:b*v*p*e*-e*1,*k*74,*",
+            b"input:b0019v0000p0001e0000-e0,1,k74,ramlsfw"
+        ));
         assert!(glob_match(b"a[0-9]c", b"a5c"));
         assert!(!glob_match(b"a[!0-9]c", b"a5c"));
         assert!(glob_match(b"*", b""));
@@ -278,11 +311,19 @@ mod tests {
     #[test]
     fn alias_lookup() {
         let m = Modules {
-            aliases: parse_alias("alias virtio:d00000002v* virtio_blk\nalias pci:v00001AF4d* virtio-pci\n"),
+            aliases: parse_alias(
+                "alias virtio:d00000002v* virtio_blk\nalias pci:v00001AF4d* virtio-pci\n",
+            ),
             ..Modules::default()
         };
-        assert_eq!(m.modules_for_alias("virtio:d00000002v00001AF4"), vec!["virtio_blk".to_string()]);
-        assert_eq!(m.modules_for_alias("pci:v00001AF4d00001001"), vec!["virtio_pci".to_string()]);
+        assert_eq!(
+            m.modules_for_alias("virtio:d00000002v00001AF4"),
+            vec!["virtio_blk".to_string()]
+        );
+        assert_eq!(
+            m.modules_for_alias("pci:v00001AF4d00001001"),
+            vec!["virtio_pci".to_string()]
+        );
         assert!(m.modules_for_alias("usb:v1234").is_empty());
     }
 }

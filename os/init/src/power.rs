@@ -13,7 +13,9 @@ const EVENT_SIZE: usize = 24;
 
 /// `/dev/input/eventN` of every input device whose name is "Power Button".
 pub fn power_buttons(class_input: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(class_input) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(class_input) else {
+        return Vec::new();
+    };
     let mut out: Vec<PathBuf> = entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("event"))

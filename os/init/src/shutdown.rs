@@ -30,9 +30,17 @@ const UNMOUNT: &[&str] = &["/var", "/state"];
 
 pub async fn run(action: Action, supervisor: &Supervisor) -> ! {
     let start = Instant::now();
-    tracing::info!(event = "shutdown_start", action = action.name(), "orderly shutdown");
+    tracing::info!(
+        event = "shutdown_start",
+        action = action.name(),
+        "orderly shutdown"
+    );
     supervisor.shutdown().await;
-    tracing::info!(event = "services_stopped", elapsed_ms = start.elapsed().as_millis() as u64, "all services stopped");
+    tracing::info!(
+        event = "services_stopped",
+        elapsed_ms = start.elapsed().as_millis() as u64,
+        "all services stopped"
+    );
 
     // Anything not supervised (strays, orphans): TERM, a grace period, then KILL.
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
@@ -51,13 +59,24 @@ pub async fn run(action: Action, supervisor: &Supervisor) -> ! {
         match umount2(*m, MntFlags::empty()) {
             Ok(()) => tracing::info!(event = "unmounted", path = m, "unmounted"),
             Err(e) => {
-                let ro = mount(None::<&str>, *m, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>);
+                let ro = mount(
+                    None::<&str>,
+                    *m,
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                );
                 tracing::warn!(event = "unmount_failed", path = m, error = ?e.to_string(), remounted_ro = ro.is_ok(), "could not unmount");
             }
         }
     }
     nix::unistd::sync();
-    tracing::info!(event = "shutdown_done", action = action.name(), elapsed_ms = start.elapsed().as_millis() as u64, "goodbye");
+    tracing::info!(
+        event = "shutdown_done",
+        action = action.name(),
+        elapsed_ms = start.elapsed().as_millis() as u64,
+        "goodbye"
+    );
     let mode = match action {
         Action::Reboot => RebootMode::RB_AUTOBOOT,
         Action::Poweroff => RebootMode::RB_POWER_OFF,
@@ -68,11 +87,18 @@ pub async fn run(action: Action, supervisor: &Supervisor) -> ! {
 
 /// Whether any process other than PID 1 (and kernel threads) still exists.
 fn others_alive() -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     dir.flatten().any(|e| {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else { return false };
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            return false;
+        };
         // Kernel threads have an empty cmdline.
-        pid != 1 && std::fs::read(e.path().join("cmdline")).map(|c| !c.is_empty()).unwrap_or(false)
+        pid != 1
+            && std::fs::read(e.path().join("cmdline"))
+                .map(|c| !c.is_empty())
+                .unwrap_or(false)
     })
 }

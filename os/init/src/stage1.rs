@@ -27,7 +27,14 @@ const SYSROOT: &str = "/sysroot";
 pub const SYSTEM_INIT: &str = "/usr/bin/cairn-init";
 
 /// Filesystem drivers have no modalias; load them by name.
-const STAGE1_MODULES: &[&str] = &["squashfs", "virtio_blk", "virtio_scsi", "sd_mod", "nvme", "ahci"];
+const STAGE1_MODULES: &[&str] = &[
+    "squashfs",
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+    "nvme",
+    "ahci",
+];
 
 /// True while / is the initramfs (ramfs or tmpfs).
 pub fn is_initramfs() -> bool {
@@ -41,12 +48,28 @@ pub fn is_initramfs() -> bool {
 }
 
 pub fn run() -> Result<Infallible> {
-    tracing::info!(event = "init_start", stage = "initramfs", "cairn-init starting");
+    tracing::info!(
+        event = "init_start",
+        stage = "initramfs",
+        "cairn-init starting"
+    );
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     mount_fs("proc", "/proc", "proc", nodev, None)?;
     mount_fs("sysfs", "/sys", "sysfs", nodev, None)?;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
-    mount_fs("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
 
     let cmdline = Cmdline::read();
     crate::fatal::set_hold(cmdline.flag("cairn.hold"));
@@ -54,7 +77,13 @@ pub fn run() -> Result<Infallible> {
     let mut modules = Modules::open(Path::new("/"), &release)?;
     let plugged = modules.coldplug();
     let named = modules.load_all(STAGE1_MODULES);
-    tracing::info!(event = "modules_loaded", stage = "initramfs", coldplug = plugged, named, "drivers loaded");
+    tracing::info!(
+        event = "modules_loaded",
+        stage = "initramfs",
+        coldplug = plugged,
+        named,
+        "drivers loaded"
+    );
 
     let label = format!("CAIRN-{}", cmdline.slot().to_ascii_uppercase());
     let slot = block::wait_for_label(&label, Duration::from_secs(20))
@@ -66,7 +95,12 @@ pub fn run() -> Result<Infallible> {
         MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
         None,
     )
-    .with_context(|| format!("mounting the system image from {} ({label})", slot.dev().display()))?;
+    .with_context(|| {
+        format!(
+            "mounting the system image from {} ({label})",
+            slot.dev().display()
+        )
+    })?;
     tracing::info!(event = "root_mounted", slot = %cmdline.slot(), device = %slot.dev().display(), "system image mounted");
 
     switch_root(SYSROOT)?;
@@ -81,13 +115,20 @@ pub fn run() -> Result<Infallible> {
 fn switch_root(new_root: &str) -> Result<()> {
     for m in ["/proc", "/sys", "/dev", "/run"] {
         let target = format!("{new_root}{m}");
-        mount(Some(m), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .with_context(|| format!("moving {m} to {target}"))?;
+        mount(
+            Some(m),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .with_context(|| format!("moving {m} to {target}"))?;
     }
     let root_dev = std::fs::metadata("/").context("stat /")?.dev();
     free_initramfs(Path::new("/"), root_dev);
     nix::unistd::chdir(new_root).with_context(|| format!("chdir {new_root}"))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).context("moving the new root onto /")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("moving the new root onto /")?;
     nix::unistd::chroot(".").context("chroot into the new root")?;
     nix::unistd::chdir("/").context("chdir / in the new root")?;
     Ok(())
@@ -96,10 +137,14 @@ fn switch_root(new_root: &str) -> Result<()> {
 /// Deletes the initramfs' files (they would otherwise pin RAM forever), staying on
 /// the initramfs' own device so nothing mounted below is touched.
 fn free_initramfs(dir: &Path, root_dev: u64) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let path = e.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
         if meta.dev() != root_dev {
             continue;
         }

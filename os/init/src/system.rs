@@ -33,7 +33,15 @@ use crate::kmod::Modules;
 use crate::shutdown::{self, Action};
 
 /// Modules with no modalias to be coldplugged by, needed on every node.
-const SYSTEM_MODULES: &[&str] = &["crc32c_generic", "crc32c_intel", "ext4", "evdev", "button", "qemu_fw_cfg", "overlay"];
+const SYSTEM_MODULES: &[&str] = &[
+    "crc32c_generic",
+    "crc32c_intel",
+    "ext4",
+    "evdev",
+    "button",
+    "qemu_fw_cfg",
+    "overlay",
+];
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const SERVICES_CGROUP: &str = "/sys/fs/cgroup/cairn";
@@ -49,7 +57,12 @@ const DEFAULT_SYSCTLS: &[(&str, &str)] = &[
 ];
 
 pub fn run() -> Result<Infallible> {
-    tracing::info!(event = "init_start", stage = "system", uptime_ms = uptime().as_millis() as u64, "cairn-init on the system image");
+    tracing::info!(
+        event = "init_start",
+        stage = "system",
+        uptime_ms = uptime().as_millis() as u64,
+        "cairn-init on the system image"
+    );
     let cmdline = Cmdline::read();
     crate::fatal::set_hold(cmdline.flag("cairn.hold"));
 
@@ -58,9 +71,16 @@ pub fn run() -> Result<Infallible> {
     let mut modules = Modules::open(Path::new("/"), &release)?;
     let plugged = modules.coldplug();
     let named = modules.load_all(SYSTEM_MODULES);
-    tracing::info!(event = "modules_loaded", stage = "system", coldplug = plugged, named, "drivers loaded");
+    tracing::info!(
+        event = "modules_loaded",
+        stage = "system",
+        coldplug = plugged,
+        named,
+        "drivers loaded"
+    );
     // Ctrl-Alt-Del now sends SIGINT to PID 1 instead of rebooting at once.
-    nix::sys::reboot::set_cad_enabled(false).context("disabling the immediate Ctrl-Alt-Del reboot")?;
+    nix::sys::reboot::set_cad_enabled(false)
+        .context("disabling the immediate Ctrl-Alt-Del reboot")?;
 
     prepare_state()?;
     prepare_data()?;
@@ -83,16 +103,54 @@ fn base_mounts() -> Result<()> {
     // Normally moved here by stage 1; mounted fresh when booted without an initramfs.
     mount_once("proc", "/proc", "proc", nodev, None)?;
     mount_once("sysfs", "/sys", "sysfs", nodev, None)?;
-    mount_once("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
-    mount_once("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
-    mount_once("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0620,ptmxmode=0666,gid=5"))?;
-    mount_once("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
-    mount_once("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_once(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount_once(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    mount_once(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0620,ptmxmode=0666,gid=5"),
+    )?;
+    mount_once(
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    mount_once(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     mount_once("cgroup2", CGROUP_ROOT, "cgroup2", nodev, Some("nsdelegate"))?;
     enable_controllers(Path::new(CGROUP_ROOT))?;
-    std::fs::create_dir_all(SERVICES_CGROUP).with_context(|| format!("creating {SERVICES_CGROUP}"))?;
+    std::fs::create_dir_all(SERVICES_CGROUP)
+        .with_context(|| format!("creating {SERVICES_CGROUP}"))?;
     enable_controllers(Path::new(SERVICES_CGROUP))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SHARED, None::<&str>).context("making / rshared")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .context("making / rshared")?;
     for d in ["/run/cairn", "/run/lock"] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {d}"))?;
     }
@@ -103,31 +161,58 @@ fn base_mounts() -> Result<()> {
 fn enable_controllers(dir: &Path) -> Result<()> {
     let available = std::fs::read_to_string(dir.join("cgroup.controllers"))
         .with_context(|| format!("reading {}/cgroup.controllers", dir.display()))?;
-    let wanted: Vec<String> = available.split_whitespace().map(|c| format!("+{c}")).collect();
+    let wanted: Vec<String> = available
+        .split_whitespace()
+        .map(|c| format!("+{c}"))
+        .collect();
     if wanted.is_empty() {
         return Ok(());
     }
-    write(dir.join("cgroup.subtree_control"), wanted.join(" "))
-        .with_context(|| format!("enabling cgroup controllers {} in {}", available.trim(), dir.display()))
+    write(dir.join("cgroup.subtree_control"), wanted.join(" ")).with_context(|| {
+        format!(
+            "enabling cgroup controllers {} in {}",
+            available.trim(),
+            dir.display()
+        )
+    })
 }
 
 fn mkfs(dev: &Path, label: &str) -> Result<()> {
     let start = std::time::Instant::now();
     let out = Command::new("/usr/sbin/mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-L", label, "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            label,
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+        ])
         .arg(dev)
         .output()
         .context("running mke2fs")?;
     if !out.status.success() {
-        bail!("mke2fs on {} ({label}) failed: {}", dev.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "mke2fs on {} ({label}) failed: {}",
+            dev.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     tracing::info!(event = "formatted", partition = label, device = %dev.display(), elapsed_ms = start.elapsed().as_millis() as u64, "filesystem created");
     Ok(())
 }
 
 fn mount_ext4(dev: &Path, target: &str, label: &str) -> Result<()> {
-    mount_fs(&dev.to_string_lossy(), target, "ext4", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None)
-        .with_context(|| format!("mounting the {label} partition"))
+    mount_fs(
+        &dev.to_string_lossy(),
+        target,
+        "ext4",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )
+    .with_context(|| format!("mounting the {label} partition"))
 }
 
 /// STATE holds what makes this machine itself: machine-id, the last good config.
@@ -152,7 +237,10 @@ fn prepare_data() -> Result<()> {
     }
     mount_ext4(&p.dev(), "/var", "DATA")?;
     if grown && !fresh {
-        let out = Command::new("/usr/sbin/resize2fs").arg(p.dev()).output().context("running resize2fs")?;
+        let out = Command::new("/usr/sbin/resize2fs")
+            .arg(p.dev())
+            .output()
+            .context("running resize2fs")?;
         if !out.status.success() {
             tracing::warn!(event = "resize_failed", error = ?String::from_utf8_lossy(&out.stderr).trim(), "DATA filesystem not grown");
         }
@@ -195,7 +283,9 @@ fn grow(p: &block::Partition) -> Result<bool> {
 fn machine_id() -> Result<String> {
     let kept = Path::new("/state/machine-id");
     let id = match std::fs::read_to_string(kept) {
-        Ok(s) if s.trim().len() == 32 && s.trim().chars().all(|c| c.is_ascii_hexdigit()) => s.trim().to_string(),
+        Ok(s) if s.trim().len() == 32 && s.trim().chars().all(|c| c.is_ascii_hexdigit()) => {
+            s.trim().to_string()
+        }
         _ => {
             let mut bytes = [0u8; 16];
             std::fs::File::open("/dev/urandom")
@@ -214,7 +304,10 @@ fn identity(cfg: &MachineConfig) -> Result<()> {
     let host = cfg.machine.hostname.as_str();
     nix::unistd::sethostname(host).with_context(|| format!("setting the hostname to {host}"))?;
     write("/run/cairn/hostname", format!("{host}\n"))?;
-    write("/run/cairn/hosts", format!("127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {host}\n"))?;
+    write(
+        "/run/cairn/hosts",
+        format!("127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {host}\n"),
+    )?;
     if !Path::new("/run/cairn/resolv.conf").exists() {
         write("/run/cairn/resolv.conf", "")?;
     }
@@ -222,7 +315,11 @@ fn identity(cfg: &MachineConfig) -> Result<()> {
 }
 
 fn sysctls(cfg: &MachineConfig) {
-    let extra = cfg.machine.sysctls.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let extra = cfg
+        .machine
+        .sysctls
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
     for (key, value) in DEFAULT_SYSCTLS.iter().copied().chain(extra) {
         let path = Path::new("/proc/sys").join(key.replace('.', "/"));
         if let Err(e) = std::fs::write(&path, value) {
@@ -245,8 +342,10 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
     tracing::debug!(buttons, "power buttons watched");
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigpwr = signal(SignalKind::from_raw(libc::SIGPWR)).context("installing the SIGPWR handler")?;
-    let mut sigusr2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
+    let mut sigpwr =
+        signal(SignalKind::from_raw(libc::SIGPWR)).context("installing the SIGPWR handler")?;
+    let mut sigusr2 =
+        signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
 
     let net_cfg = cfg.machine.network.clone();
     let host = cfg.machine.hostname.to_string();
@@ -276,7 +375,10 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
     });
 
     let specs = cairn_services::node_services(&cfg, &Paths::node());
-    supervisor.add(specs).await.context("registering the services")?;
+    supervisor
+        .add(specs)
+        .await
+        .context("registering the services")?;
 
     #[cfg(feature = "test-hooks")]
     crate::hooks::spawn(supervisor.clone());

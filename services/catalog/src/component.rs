@@ -17,15 +17,36 @@ pub fn loopback_healthz(secure_port: u16) -> Probe {
 
 /// A supervised component that depends on the API server and is probed on its
 /// loopback health port.
-pub fn apiserver_client_spec(name: &str, binary: &Path, args: Vec<String>, secure_port: u16) -> ServiceSpec {
-    kubernetes_component(name, binary, args, "/usr/bin:/bin", &[crate::kube_apiserver::NAME], loopback_healthz(secure_port))
+pub fn apiserver_client_spec(
+    name: &str,
+    binary: &Path,
+    args: Vec<String>,
+    secure_port: u16,
+) -> ServiceSpec {
+    kubernetes_component(
+        name,
+        binary,
+        args,
+        "/usr/bin:/bin",
+        &[crate::kube_apiserver::NAME],
+        loopback_healthz(secure_port),
+    )
 }
 
 /// A long-running Kubernetes component with the given dependencies and probe.
-pub fn kubernetes_component(name: &str, binary: &Path, args: Vec<String>, path_env: &str, depends_on: &[&str], readiness: Probe) -> ServiceSpec {
+pub fn kubernetes_component(
+    name: &str,
+    binary: &Path,
+    args: Vec<String>,
+    path_env: &str,
+    depends_on: &[&str],
+    readiness: Probe,
+) -> ServiceSpec {
     depends_on
         .iter()
-        .fold(ServiceSpec::new(name, binary), |spec, dep| spec.depends_on(*dep))
+        .fold(ServiceSpec::new(name, binary), |spec, dep| {
+            spec.depends_on(*dep)
+        })
         .args(args)
         .env("PATH", path_env)
         .readiness(readiness)

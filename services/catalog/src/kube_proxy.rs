@@ -99,9 +99,20 @@ impl KubeProxyConfig {
 /// The supervised service. The config file must have been written first
 /// ([`KubeProxyConfig::write`]).
 pub fn spec(cfg: &KubeProxyConfig) -> ServiceSpec {
-    let deps: &[&str] = if cfg.depends_on_apiserver { &[crate::kube_apiserver::NAME] } else { &[] };
+    let deps: &[&str] = if cfg.depends_on_apiserver {
+        &[crate::kube_apiserver::NAME]
+    } else {
+        &[]
+    };
     // nft is in /usr/sbin.
-    crate::component::kubernetes_component(NAME, &cfg.binary, cfg.args(), "/usr/bin:/usr/sbin:/bin:/sbin", deps, cfg.readiness())
+    crate::component::kubernetes_component(
+        NAME,
+        &cfg.binary,
+        cfg.args(),
+        "/usr/bin:/usr/sbin:/bin:/sbin",
+        deps,
+        cfg.readiness(),
+    )
 }
 
 /// `KubeProxyConfiguration`: only what cairn sets; kube-proxy defaults the rest.

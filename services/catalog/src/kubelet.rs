@@ -188,7 +188,14 @@ pub fn spec(cfg: &KubeletConfig) -> ServiceSpec {
     if cfg.depends_on_apiserver {
         deps.push(crate::kube_apiserver::NAME);
     }
-    crate::component::kubernetes_component(NAME, &cfg.binary, cfg.args(), "/usr/bin:/usr/sbin:/bin:/sbin", &deps, cfg.readiness())
+    crate::component::kubernetes_component(
+        NAME,
+        &cfg.binary,
+        cfg.args(),
+        "/usr/bin:/usr/sbin:/bin:/sbin",
+        &deps,
+        cfg.readiness(),
+    )
 }
 
 /// `KubeletConfiguration`: only what cairn sets; kubelet defaults the rest.

@@ -24,14 +24,18 @@ static ONE_VM: Mutex<()> = Mutex::new(());
 
 /// Serializes the tests' VMs.
 pub fn one_vm_at_a_time() -> MutexGuard<'static, ()> {
-    ONE_VM.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    ONE_VM
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The test image: `$CAIRN_TEST_IMAGE` or `<workspace>/out/cairn-test.qcow2`.
 pub fn test_image() -> PathBuf {
     let path = std::env::var_os("CAIRN_TEST_IMAGE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../out/cairn-test.qcow2"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../out/cairn-test.qcow2")
+        });
     assert!(
         path.is_file(),
         "test image {} is missing: build it with `cargo run --release -p cairn-image -- image build --test-hooks`",
@@ -60,7 +64,9 @@ pub fn hook(vm: &Vm, command: &str) -> Result<String> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     conn.write_all(format!("{command}\n").as_bytes())?;
     let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line).context("reading the control port's answer")?;
+    BufReader::new(conn)
+        .read_line(&mut line)
+        .context("reading the control port's answer")?;
     let line = line.trim().to_string();
     if line.starts_with("error") {
         bail!("control port refused {command:?}: {line}");
@@ -77,7 +83,10 @@ pub struct Etcd {
 impl Etcd {
     pub fn new(vm: &Vm) -> Etcd {
         Etcd {
-            rt: tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime"),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime"),
             endpoint: format!("127.0.0.1:{}", vm.host_port(ETCD_FORWARD_PORT)),
         }
     }
@@ -92,7 +101,10 @@ impl Etcd {
     /// Writes a key; returns once etcd acknowledged it (committed to its WAL).
     pub fn put(&self, key: &str, value: &str) -> Result<()> {
         self.rt.block_on(async {
-            Self::client(&self.endpoint).await?.put(key, value, None).await?;
+            Self::client(&self.endpoint)
+                .await?
+                .put(key, value, None)
+                .await?;
             Ok(())
         })
     }
@@ -100,7 +112,10 @@ impl Etcd {
     pub fn get(&self, key: &str) -> Result<Option<String>> {
         self.rt.block_on(async {
             let resp = Self::client(&self.endpoint).await?.get(key, None).await?;
-            Ok(resp.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+            Ok(resp
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
         })
     }
 }

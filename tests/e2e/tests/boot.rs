@@ -13,11 +13,24 @@ fn boots_under_uefi_to_etcd_ready() {
     let _one = one_vm_at_a_time();
     let disk = fresh_disk();
     let vm = Vm::boot(&node_config(), &disk).expect("boot");
-    let switched = vm.wait_for_event("root_switched", &[], BOOT_TIMEOUT).expect("stage 1 switches root");
-    let system = vm.wait_for_event("init_start", &[("stage", "system")], BOOT_TIMEOUT).expect("system stage");
-    let net = vm.wait_for_event("network_ready", &[], BOOT_TIMEOUT).expect("network via DHCP");
-    let ready = vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready");
-    assert_eq!(net.field("address"), Some("10.0.2.15/24"), "QEMU's DHCP address: {}", net.text);
+    let switched = vm
+        .wait_for_event("root_switched", &[], BOOT_TIMEOUT)
+        .expect("stage 1 switches root");
+    let system = vm
+        .wait_for_event("init_start", &[("stage", "system")], BOOT_TIMEOUT)
+        .expect("system stage");
+    let net = vm
+        .wait_for_event("network_ready", &[], BOOT_TIMEOUT)
+        .expect("network via DHCP");
+    let ready = vm
+        .wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT)
+        .expect("etcd ready");
+    assert_eq!(
+        net.field("address"),
+        Some("10.0.2.15/24"),
+        "QEMU's DHCP address: {}",
+        net.text
+    );
     eprintln!(
         "timeline: root switched {:.1}s, system init {:.1}s, network {:.1}s, etcd ready {:.1}s (QEMU start = 0)",
         vm.since_start(&switched).as_secs_f64(),
@@ -26,12 +39,22 @@ fn boots_under_uefi_to_etcd_ready() {
         vm.since_start(&ready).as_secs_f64()
     );
     // The service really answers: a write through the forward lands.
-    Etcd::new(&vm).put("/e2e/boot", "ok").expect("etcd accepts a write");
+    Etcd::new(&vm)
+        .put("/e2e/boot", "ok")
+        .expect("etcd accepts a write");
     // etcd runs in its own cgroup v2 group, and the supervisor reports it ready.
-    let started = vm.lines().into_iter().rev().find(|l| l.event() == Some("started") && l.field("service") == Some("etcd")).expect("started line");
+    let started = vm
+        .lines()
+        .into_iter()
+        .rev()
+        .find(|l| l.event() == Some("started") && l.field("service") == Some("etcd"))
+        .expect("started line");
     let pid = started.field("pid").expect("pid field").to_string();
     let procs = hook(&vm, "cgroup etcd").expect("cgroup of etcd");
-    assert!(procs.split_whitespace().any(|p| p == pid), "etcd pid {pid} not in its cgroup: {procs}");
+    assert!(
+        procs.split_whitespace().any(|p| p == pid),
+        "etcd pid {pid} not in its cgroup: {procs}"
+    );
     assert!(hook(&vm, "status").expect("status").contains("etcd=Ready"));
     let rss_kib: u64 = hook(&vm, "rss").expect("rss").parse().expect("rss in KiB");
     eprintln!("cairn-init resident memory: {rss_kib} KiB");
@@ -43,19 +66,41 @@ fn etcd_killed_with_sigkill_is_back_within_5s() {
     let _one = one_vm_at_a_time();
     let disk = fresh_disk();
     let mut vm = Vm::boot(&node_config(), &disk).expect("boot");
-    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready");
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT)
+        .expect("etcd ready");
     let etcd = Etcd::new(&vm);
-    etcd.put("/e2e/before-kill", "1").expect("write before the kill");
+    etcd.put("/e2e/before-kill", "1")
+        .expect("write before the kill");
 
     let t0 = Instant::now();
-    assert_eq!(hook(&vm, "kill etcd SIGKILL").expect("kill through the test hook"), "ok");
-    let exited = vm.wait_for_event("exited", &[("service", "etcd")], Duration::from_secs(10)).expect("etcd exit seen");
-    assert!(exited.text.contains("SIGKILL") || exited.text.contains("signal 9") || exited.text.contains("9"), "{}", exited.text);
-    vm.wait_for_event("ready", &[("service", "etcd")], Duration::from_secs(30)).expect("etcd ready again");
+    assert_eq!(
+        hook(&vm, "kill etcd SIGKILL").expect("kill through the test hook"),
+        "ok"
+    );
+    let exited = vm
+        .wait_for_event("exited", &[("service", "etcd")], Duration::from_secs(10))
+        .expect("etcd exit seen");
+    assert!(
+        exited.text.contains("SIGKILL")
+            || exited.text.contains("signal 9")
+            || exited.text.contains("9"),
+        "{}",
+        exited.text
+    );
+    vm.wait_for_event("ready", &[("service", "etcd")], Duration::from_secs(30))
+        .expect("etcd ready again");
     let back = t0.elapsed();
     eprintln!("etcd SIGKILL -> ready again in {:.2}s", back.as_secs_f64());
-    assert!(back < Duration::from_secs(5), "etcd took {back:?} to come back");
-    assert_eq!(etcd.get("/e2e/before-kill").expect("read after restart").as_deref(), Some("1"));
+    assert!(
+        back < Duration::from_secs(5),
+        "etcd took {back:?} to come back"
+    );
+    assert_eq!(
+        etcd.get("/e2e/before-kill")
+            .expect("read after restart")
+            .as_deref(),
+        Some("1")
+    );
     vm.kill();
 }
 
@@ -66,31 +111,63 @@ fn keys_survive_orderly_reboot_and_power_cut() {
     let cfg = node_config();
 
     let vm = Vm::boot(&cfg, &disk).expect("first boot");
-    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready");
-    Etcd::new(&vm).put("/e2e/reboot", "kept").expect("write before reboot");
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT)
+        .expect("etcd ready");
+    Etcd::new(&vm)
+        .put("/e2e/reboot", "kept")
+        .expect("write before reboot");
 
     // Orderly reboot (Ctrl-Alt-Del reaches PID 1 as SIGINT); QEMU restarts the guest itself.
     vm.ctrl_alt_del().expect("ctrl-alt-del");
-    vm.wait_for_event("shutdown_start", &[("action", "reboot")], Duration::from_secs(30)).expect("shutdown begins");
-    vm.wait_for_event("stopped", &[("service", "etcd")], Duration::from_secs(30)).expect("etcd stopped in order");
-    vm.wait_for_event("unmounted", &[("path", "/var")], Duration::from_secs(30)).expect("/var (DATA) unmounted cleanly");
-    vm.wait_for_event("shutdown_done", &[("action", "reboot")], Duration::from_secs(30)).expect("shutdown completes");
-    vm.wait_for_event("init_start", &[("stage", "system")], BOOT_TIMEOUT).expect("second boot");
-    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready after reboot");
+    vm.wait_for_event(
+        "shutdown_start",
+        &[("action", "reboot")],
+        Duration::from_secs(30),
+    )
+    .expect("shutdown begins");
+    vm.wait_for_event("stopped", &[("service", "etcd")], Duration::from_secs(30))
+        .expect("etcd stopped in order");
+    vm.wait_for_event("unmounted", &[("path", "/var")], Duration::from_secs(30))
+        .expect("/var (DATA) unmounted cleanly");
+    vm.wait_for_event(
+        "shutdown_done",
+        &[("action", "reboot")],
+        Duration::from_secs(30),
+    )
+    .expect("shutdown completes");
+    vm.wait_for_event("init_start", &[("stage", "system")], BOOT_TIMEOUT)
+        .expect("second boot");
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT)
+        .expect("etcd ready after reboot");
     let etcd = Etcd::new(&vm);
-    assert_eq!(etcd.get("/e2e/reboot").expect("read after reboot").as_deref(), Some("kept"));
+    assert_eq!(
+        etcd.get("/e2e/reboot")
+            .expect("read after reboot")
+            .as_deref(),
+        Some("kept")
+    );
 
     // Power cut right after etcd acknowledged a write.
-    etcd.put("/e2e/power-cut", "durable").expect("acknowledged write");
+    etcd.put("/e2e/power-cut", "durable")
+        .expect("acknowledged write");
     let mut vm = vm;
     vm.kill();
     drop(vm);
 
     let vm = Vm::boot(&cfg, &disk).expect("boot after power cut");
-    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready after power cut");
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT)
+        .expect("etcd ready after power cut");
     let etcd = Etcd::new(&vm);
-    assert_eq!(etcd.get("/e2e/power-cut").expect("read after power cut").as_deref(), Some("durable"));
-    assert_eq!(etcd.get("/e2e/reboot").expect("older key").as_deref(), Some("kept"));
+    assert_eq!(
+        etcd.get("/e2e/power-cut")
+            .expect("read after power cut")
+            .as_deref(),
+        Some("durable")
+    );
+    assert_eq!(
+        etcd.get("/e2e/reboot").expect("older key").as_deref(),
+        Some("kept")
+    );
 }
 
 #[test]
@@ -98,14 +175,29 @@ fn orderly_poweroff_ends_qemu_within_30s() {
     let _one = one_vm_at_a_time();
     let disk = fresh_disk();
     let mut vm = Vm::boot(&node_config(), &disk).expect("boot");
-    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready");
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT)
+        .expect("etcd ready");
     let t0 = Instant::now();
     vm.powerdown().expect("ACPI power button");
-    vm.wait_for_event("shutdown_start", &[("action", "poweroff")], Duration::from_secs(30)).expect("power button handled");
-    let status = vm.wait_exit(Duration::from_secs(30)).expect("QEMU exits on its own");
-    eprintln!("power button -> QEMU exited in {:.2}s ({status})", t0.elapsed().as_secs_f64());
+    vm.wait_for_event(
+        "shutdown_start",
+        &[("action", "poweroff")],
+        Duration::from_secs(30),
+    )
+    .expect("power button handled");
+    let status = vm
+        .wait_exit(Duration::from_secs(30))
+        .expect("QEMU exits on its own");
+    eprintln!(
+        "power button -> QEMU exited in {:.2}s ({status})",
+        t0.elapsed().as_secs_f64()
+    );
     assert!(status.success(), "QEMU exit status {status}");
-    assert!(vm.console_tail(40).contains("shutdown_done"), "{}", vm.console_tail(40));
+    assert!(
+        vm.console_tail(40).contains("shutdown_done"),
+        "{}",
+        vm.console_tail(40)
+    );
 }
 
 #[test]
@@ -113,22 +205,44 @@ fn garbled_machine_config_is_reported_and_pid1_survives() {
     let _one = one_vm_at_a_time();
     let tmp = tempfile::tempdir().expect("temp dir");
     let config = tmp.path().join("machine.yaml");
-    std::fs::write(&config, "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostnme: node-1\n").expect("write config");
+    std::fs::write(
+        &config,
+        "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostnme: node-1\n",
+    )
+    .expect("write config");
     let cfg = VmConfig {
         fw_cfg: vec![("opt/cairn/machine-config".into(), config)],
         ..node_config()
     };
     let disk = fresh_disk();
     let vm = Vm::boot(&cfg, &disk).expect("boot");
-    let err = vm.wait_for_event("config_error", &[], BOOT_TIMEOUT).expect("config error reported");
+    let err = vm
+        .wait_for_event("config_error", &[], BOOT_TIMEOUT)
+        .expect("config error reported");
     let reason = err.field("error").unwrap_or_default().to_string();
-    assert!(reason.contains("hostnme") && reason.contains("line 4"), "reason names the field and line: {}", err.text);
-    vm.wait_for_event("fatal", &[], Duration::from_secs(10)).expect("boot stops with the reason");
-    vm.wait_for_event("countdown", &[], Duration::from_secs(10)).expect("PID 1 alive, counting down");
-    vm.wait_for_event("countdown", &[("seconds", "5")], Duration::from_secs(15)).expect("still alive seconds later");
+    assert!(
+        reason.contains("hostnme") && reason.contains("line 4"),
+        "reason names the field and line: {}",
+        err.text
+    );
+    vm.wait_for_event("fatal", &[], Duration::from_secs(10))
+        .expect("boot stops with the reason");
+    vm.wait_for_event("countdown", &[], Duration::from_secs(10))
+        .expect("PID 1 alive, counting down");
+    vm.wait_for_event("countdown", &[("seconds", "5")], Duration::from_secs(15))
+        .expect("still alive seconds later");
     let console = String::from_utf8_lossy(&vm.console_raw()).into_owned();
-    assert!(!console.contains("Kernel panic"), "PID 1 died: {}", vm.console_tail(30));
-    assert!(!Regex::new(r"event=.?ready.? service=etcd").expect("regex").is_match(&console), "etcd must not start on a bad config");
+    assert!(
+        !console.contains("Kernel panic"),
+        "PID 1 died: {}",
+        vm.console_tail(30)
+    );
+    assert!(
+        !Regex::new(r"event=.?ready.? service=etcd")
+            .expect("regex")
+            .is_match(&console),
+        "etcd must not start on a bad config"
+    );
 }
 
 #[test]
@@ -142,7 +256,11 @@ fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
     )
     .expect("write config");
     let bad = tmp.path().join("bad.yaml");
-    std::fs::write(&bad, "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine: [\n").expect("write config");
+    std::fs::write(
+        &bad,
+        "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine: [\n",
+    )
+    .expect("write config");
     let with = |path: &std::path::Path| VmConfig {
         fw_cfg: vec![("opt/cairn/machine-config".into(), path.to_path_buf())],
         ..node_config()
@@ -151,29 +269,66 @@ fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
 
     // 1. A valid config through fw_cfg: static address, its hostname, etcd up.
     let mut vm = Vm::boot(&with(&good), &disk).expect("boot with config");
-    let loaded = vm.wait_for_event("config_loaded", &[("source", "fw_cfg")], BOOT_TIMEOUT).expect("config accepted");
+    let loaded = vm
+        .wait_for_event("config_loaded", &[("source", "fw_cfg")], BOOT_TIMEOUT)
+        .expect("config accepted");
     assert_eq!(loaded.field("hostname"), Some("node-1"), "{}", loaded.text);
-    let machine_id = loaded.field("machine_id").expect("machine_id field").to_string();
-    let net = vm.wait_for_event("network_ready", &[], BOOT_TIMEOUT).expect("static network");
-    assert_eq!((net.field("address"), net.field("gateway")), (Some("10.0.2.15/24"), Some("10.0.2.2")), "{}", net.text);
-    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd ready");
+    let machine_id = loaded
+        .field("machine_id")
+        .expect("machine_id field")
+        .to_string();
+    let net = vm
+        .wait_for_event("network_ready", &[], BOOT_TIMEOUT)
+        .expect("static network");
+    assert_eq!(
+        (net.field("address"), net.field("gateway")),
+        (Some("10.0.2.15/24"), Some("10.0.2.2")),
+        "{}",
+        net.text
+    );
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT)
+        .expect("etcd ready");
     vm.kill();
     drop(vm);
 
     // 2. No config given: the last good one comes from STATE.
     let mut vm = Vm::boot(&node_config(), &disk).expect("boot without config");
-    let loaded = vm.wait_for_event("config_loaded", &[("source", "state")], BOOT_TIMEOUT).expect("last good config");
+    let loaded = vm
+        .wait_for_event("config_loaded", &[("source", "state")], BOOT_TIMEOUT)
+        .expect("last good config");
     assert_eq!(loaded.field("hostname"), Some("node-1"), "{}", loaded.text);
-    assert_eq!(loaded.field("machine_id"), Some(machine_id.as_str()), "machine-id is generated once and kept");
+    assert_eq!(
+        loaded.field("machine_id"),
+        Some(machine_id.as_str()),
+        "machine-id is generated once and kept"
+    );
     vm.kill();
     drop(vm);
 
     // 3. A garbled config is refused; the node keeps the last good one and runs.
     let vm = Vm::boot(&with(&bad), &disk).expect("boot with garbled config");
-    let err = vm.wait_for_event("config_error", &[], BOOT_TIMEOUT).expect("refused");
-    assert!(err.field("error").unwrap_or_default().contains("line"), "{}", err.text);
-    vm.wait_for_event("config_fallback", &[("source", "state")], Duration::from_secs(10)).expect("falls back");
-    let loaded = vm.wait_for_event("config_loaded", &[("source", "state")], Duration::from_secs(10)).expect("last good config");
+    let err = vm
+        .wait_for_event("config_error", &[], BOOT_TIMEOUT)
+        .expect("refused");
+    assert!(
+        err.field("error").unwrap_or_default().contains("line"),
+        "{}",
+        err.text
+    );
+    vm.wait_for_event(
+        "config_fallback",
+        &[("source", "state")],
+        Duration::from_secs(10),
+    )
+    .expect("falls back");
+    let loaded = vm
+        .wait_for_event(
+            "config_loaded",
+            &[("source", "state")],
+            Duration::from_secs(10),
+        )
+        .expect("last good config");
     assert_eq!(loaded.field("hostname"), Some("node-1"), "{}", loaded.text);
-    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT).expect("etcd still starts");
+    vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT)
+        .expect("etcd still starts");
 }

@@ -483,7 +483,16 @@ impl Vm {
         let mut cmd = Command::new(qemu_bin());
         // `-cpu max` gives the guest RDRAND and a virtio RNG feeds it too, so the
         // kernel's random pool is ready at once (mke2fs and TLS block on it otherwise).
-        cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-device", "virtio-rng-pci"]);
+        cmd.args([
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-device",
+            "virtio-rng-pci",
+        ]);
         cmd.args([
             "-m",
             &cfg.memory_mib.to_string(),

@@ -59,7 +59,10 @@ macro_rules! require {
     ($cond:expr, $why:expr) => {
         if !$cond {
             let skip_reason = format!("SKIPPED: {}", $why);
-            assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "under CI every test must run; missing: {skip_reason}"
+            );
             eprintln!("SKIPPED: {}", $why);
             return;
         }
@@ -175,7 +178,10 @@ fn direct_kernel_boot_panics_and_exits() {
     require!(qemu_available(), "qemu-system-x86_64 not available");
     let Some(kernel) = test_kernel() else {
         let skip_reason = "SKIPPED: no kernel (set CAIRN_TEST_KERNEL)";
-        assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI every test must run; missing: {skip_reason}"
+        );
         eprintln!("SKIPPED: no kernel (set CAIRN_TEST_KERNEL)");
         return;
     };
@@ -264,14 +270,20 @@ fn test_init_events_reboot_and_poweroff() {
     require!(qemu_available(), "qemu-system-x86_64 not available");
     let Some(kernel) = test_kernel() else {
         let skip_reason = "SKIPPED: no kernel (set CAIRN_TEST_KERNEL)";
-        assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI every test must run; missing: {skip_reason}"
+        );
         eprintln!("SKIPPED: no kernel (set CAIRN_TEST_KERNEL)");
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let Some(initrd) = build_test_initrd(tmp.path()) else {
         let skip_reason = "SKIPPED: could not build the test initrd (gcc -static, cpio)";
-        assert!(std::env::var_os("CI").is_none(), "under CI every test must run; missing: {skip_reason}");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI every test must run; missing: {skip_reason}"
+        );
         eprintln!("SKIPPED: could not build the test initrd (gcc -static, cpio)");
         return;
     };

@@ -20,7 +20,13 @@ const ACK: u8 = 5;
 const NAK: u8 = 6;
 
 /// Builds a client message (DISCOVER or REQUEST).
-pub fn build(kind: u8, xid: u32, mac: [u8; 6], hostname: &str, requested: Option<(Ipv4Addr, Ipv4Addr)>) -> Vec<u8> {
+pub fn build(
+    kind: u8,
+    xid: u32,
+    mac: [u8; 6],
+    hostname: &str,
+    requested: Option<(Ipv4Addr, Ipv4Addr)>,
+) -> Vec<u8> {
     let mut p = vec![0u8; 240];
     p[0] = 1; // BOOTREQUEST
     p[1] = 1; // Ethernet
@@ -94,7 +100,10 @@ pub fn parse(p: &[u8]) -> Option<Reply> {
             1 => r.mask = ip(val),
             3 => r.router = ip(val),
             6 => r.dns = val.chunks(4).filter_map(ip).collect(),
-            51 => r.lease_secs = (len == 4).then(|| u32::from_be_bytes([val[0], val[1], val[2], val[3]])),
+            51 => {
+                r.lease_secs =
+                    (len == 4).then(|| u32::from_be_bytes([val[0], val[1], val[2], val[3]]))
+            }
             54 => r.server = ip(val),
             _ => {}
         }
@@ -108,19 +117,35 @@ fn prefix_of(mask: Ipv4Addr) -> u8 {
 }
 
 fn socket(interface: &str) -> Result<UdpSocket> {
-    let std_sock = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).context("binding UDP port 68 for DHCP")?;
-    setsockopt(&std_sock.as_fd(), sockopt::BindToDevice, &std::ffi::OsString::from(interface)).with_context(|| format!("binding the DHCP socket to {interface}"))?;
-    std_sock.set_broadcast(true).context("enabling broadcast on the DHCP socket")?;
+    let std_sock = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68))
+        .context("binding UDP port 68 for DHCP")?;
+    setsockopt(
+        &std_sock.as_fd(),
+        sockopt::BindToDevice,
+        &std::ffi::OsString::from(interface),
+    )
+    .with_context(|| format!("binding the DHCP socket to {interface}"))?;
+    std_sock
+        .set_broadcast(true)
+        .context("enabling broadcast on the DHCP socket")?;
     std_sock.set_nonblocking(true)?;
     UdpSocket::from_std(std_sock).context("registering the DHCP socket")
 }
 
 /// Sends `msg` (retrying) until a reply of one of `kinds` with our xid arrives.
-async fn exchange(sock: &UdpSocket, msg: &[u8], xid: u32, kinds: &[u8], deadline: tokio::time::Instant) -> Result<Reply> {
+async fn exchange(
+    sock: &UdpSocket,
+    msg: &[u8],
+    xid: u32,
+    kinds: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<Reply> {
     let mut buf = vec![0u8; 1500];
     let mut wait = Duration::from_millis(500);
     loop {
-        sock.send_to(msg, (Ipv4Addr::BROADCAST, 67)).await.context("sending a DHCP message")?;
+        sock.send_to(msg, (Ipv4Addr::BROADCAST, 67))
+            .await
+            .context("sending a DHCP message")?;
         let until = (tokio::time::Instant::now() + wait).min(deadline);
         loop {
             match tokio::time::timeout_at(until, sock.recv_from(&mut buf)).await {
@@ -154,15 +179,37 @@ pub async fn acquire(interface: &str, hostname: &str, timeout: Duration) -> Resu
     let sock = socket(interface)?;
     let deadline = tokio::time::Instant::now() + timeout;
     let xid = xid_for(mac, 0);
-    let offer = exchange(&sock, &build(DISCOVER, xid, mac, hostname, None), xid, &[OFFER], deadline)
-        .await
-        .with_context(|| format!("DHCP on {interface}: no offer within {} s", timeout.as_secs()))?;
-    let server = offer.server.context("DHCP offer without a server identifier")?;
-    let ack = exchange(&sock, &build(REQUEST, xid, mac, hostname, Some((offer.yiaddr, server))), xid, &[ACK, NAK], deadline)
-        .await
-        .with_context(|| format!("DHCP on {interface}: no answer to our request"))?;
+    let offer = exchange(
+        &sock,
+        &build(DISCOVER, xid, mac, hostname, None),
+        xid,
+        &[OFFER],
+        deadline,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "DHCP on {interface}: no offer within {} s",
+            timeout.as_secs()
+        )
+    })?;
+    let server = offer
+        .server
+        .context("DHCP offer without a server identifier")?;
+    let ack = exchange(
+        &sock,
+        &build(REQUEST, xid, mac, hostname, Some((offer.yiaddr, server))),
+        xid,
+        &[ACK, NAK],
+        deadline,
+    )
+    .await
+    .with_context(|| format!("DHCP on {interface}: no answer to our request"))?;
     if ack.kind == NAK {
-        bail!("DHCP on {interface}: server {server} refused {}", offer.yiaddr);
+        bail!(
+            "DHCP on {interface}: server {server} refused {}",
+            offer.yiaddr
+        );
     }
     Ok(super::Lease {
         interface: interface.to_string(),
@@ -189,7 +236,9 @@ pub async fn renew_forever(mut lease: Lease, hostname: String) {
                 tracing::info!(event = "dhcp_renewed", interface = %new.interface, address = %new.address, "lease renewed");
                 lease = new;
             }
-            Err(e) => tracing::warn!(event = "dhcp_error", error = ?format!("{e:#}"), "renewing the lease failed"),
+            Err(e) => {
+                tracing::warn!(event = "dhcp_error", error = ?format!("{e:#}"), "renewing the lease failed")
+            }
         }
     }
 }
@@ -215,7 +264,9 @@ mod tests {
         p[4..8].copy_from_slice(&7u32.to_be_bytes());
         p[16..20].copy_from_slice(&[10, 0, 2, 15]);
         p[236..240].copy_from_slice(&MAGIC);
-        p.extend_from_slice(&[53, 1, ACK, 1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 2, 2, 6, 8, 10, 0, 2, 3, 8, 8, 8, 8]);
+        p.extend_from_slice(&[
+            53, 1, ACK, 1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 2, 2, 6, 8, 10, 0, 2, 3, 8, 8, 8, 8,
+        ]);
         p.extend_from_slice(&[51, 4, 0, 1, 81, 128, 54, 4, 10, 0, 2, 2, 0, 255]);
         let r = parse(&p).expect("parses");
         assert_eq!(r.kind, ACK);
@@ -223,7 +274,10 @@ mod tests {
         assert_eq!(r.yiaddr, Ipv4Addr::new(10, 0, 2, 15));
         assert_eq!(r.mask.map(prefix_of), Some(24));
         assert_eq!(r.router, Some(Ipv4Addr::new(10, 0, 2, 2)));
-        assert_eq!(r.dns, vec![Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(8, 8, 8, 8)]);
+        assert_eq!(
+            r.dns,
+            vec![Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(8, 8, 8, 8)]
+        );
         assert_eq!(r.lease_secs, Some(86_400));
         assert_eq!(r.server, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert!(parse(&p[..100]).is_none());

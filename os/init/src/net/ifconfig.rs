@@ -7,7 +7,13 @@ use anyhow::{Context, Result};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
 fn control_socket() -> Result<OwnedFd> {
-    socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).context("opening a control socket")
+    socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("opening a control socket")
 }
 
 fn ifreq(name: &str) -> Result<libc::ifreq> {
@@ -15,7 +21,10 @@ fn ifreq(name: &str) -> Result<libc::ifreq> {
     // all-zero is a valid value for every field.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
-    anyhow::ensure!(bytes.len() < libc::IFNAMSIZ, "interface name {name} is too long");
+    anyhow::ensure!(
+        bytes.len() < libc::IFNAMSIZ,
+        "interface name {name} is too long"
+    );
     for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
@@ -49,23 +58,47 @@ fn ioctl(fd: &OwnedFd, request: libc::c_ulong, arg: *mut libc::c_void, what: &st
 pub fn set_up(name: &str) -> Result<()> {
     let fd = control_socket()?;
     let mut req = ifreq(name)?;
-    ioctl(&fd, libc::SIOCGIFFLAGS, (&raw mut req).cast(), &format!("reading flags of {name}"))?;
+    ioctl(
+        &fd,
+        libc::SIOCGIFFLAGS,
+        (&raw mut req).cast(),
+        &format!("reading flags of {name}"),
+    )?;
     // SAFETY: after SIOCGIFFLAGS the union holds ifru_flags.
     unsafe {
         req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     }
-    ioctl(&fd, libc::SIOCSIFFLAGS, (&raw mut req).cast(), &format!("bringing {name} up"))
+    ioctl(
+        &fd,
+        libc::SIOCSIFFLAGS,
+        (&raw mut req).cast(),
+        &format!("bringing {name} up"),
+    )
 }
 
 pub fn set_address(name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
     let fd = control_socket()?;
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_addr = sockaddr_in(addr);
-    ioctl(&fd, libc::SIOCSIFADDR, (&raw mut req).cast(), &format!("setting {addr} on {name}"))?;
-    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+    ioctl(
+        &fd,
+        libc::SIOCSIFADDR,
+        (&raw mut req).cast(),
+        &format!("setting {addr} on {name}"),
+    )?;
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    };
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_netmask = sockaddr_in(Ipv4Addr::from(mask));
-    ioctl(&fd, libc::SIOCSIFNETMASK, (&raw mut req).cast(), &format!("setting /{prefix} on {name}"))
+    ioctl(
+        &fd,
+        libc::SIOCSIFNETMASK,
+        (&raw mut req).cast(),
+        &format!("setting /{prefix} on {name}"),
+    )
 }
 
 pub fn add_default_route(name: &str, gateway: Ipv4Addr) -> Result<()> {
@@ -78,8 +111,20 @@ pub fn add_default_route(name: &str, gateway: Ipv4Addr) -> Result<()> {
     rt.rt_flags = (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort;
     let mut dev = std::ffi::CString::new(name)?.into_bytes_with_nul();
     rt.rt_dev = dev.as_mut_ptr().cast();
-    match ioctl(&fd, libc::SIOCADDRT, (&raw mut rt).cast(), &format!("adding default route via {gateway} on {name}")) {
-        Err(e) if e.root_cause().downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::EEXIST) => Ok(()),
+    match ioctl(
+        &fd,
+        libc::SIOCADDRT,
+        (&raw mut rt).cast(),
+        &format!("adding default route via {gateway} on {name}"),
+    ) {
+        Err(e)
+            if e.root_cause()
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                == Some(libc::EEXIST) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }

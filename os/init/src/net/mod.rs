@@ -36,11 +36,18 @@ pub async fn first_nic(named: Option<&str>, timeout: Duration) -> Result<String>
             if Path::new("/sys/class/net").join(name).exists() {
                 return Ok(name.to_string());
             }
-        } else if let Some(n) = list_physical(Path::new("/sys/class/net")).into_iter().next() {
+        } else if let Some(n) = list_physical(Path::new("/sys/class/net"))
+            .into_iter()
+            .next()
+        {
             return Ok(n);
         }
         if start.elapsed() > timeout {
-            bail!("no network interface {} appeared within {} s", named.unwrap_or("(any)"), timeout.as_secs());
+            bail!(
+                "no network interface {} appeared within {} s",
+                named.unwrap_or("(any)"),
+                timeout.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -62,7 +69,8 @@ pub fn list_physical(class_net: &Path) -> Vec<String> {
 pub fn mac_address(interface: &str) -> Result<[u8; 6]> {
     let path = format!("/sys/class/net/{interface}/address");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_mac(text.trim()).with_context(|| format!("{path}: `{}` is not a MAC address", text.trim()))
+    parse_mac(text.trim())
+        .with_context(|| format!("{path}: `{}` is not a MAC address", text.trim()))
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -101,7 +109,9 @@ pub async fn configure(net: &Network, hostname: &str) -> Result<Lease> {
         tokio::spawn(async move { dhcp::renew_forever(renew, host).await });
         lease
     } else {
-        let addr = net.address.context("static network config without an address")?;
+        let addr = net
+            .address
+            .context("static network config without an address")?;
         let lease = Lease {
             interface: iface,
             address: addr.addr(),
@@ -123,7 +133,10 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(parse_mac("52:54:00:12:34:56"), Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!(
+            parse_mac("52:54:00:12:34:56"),
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+        );
         assert_eq!(parse_mac("52:54:00:12:34"), None);
         assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
         assert_eq!(parse_mac("zz:54:00:12:34:56"), None);

@@ -18,8 +18,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let boots: usize = args.iter().position(|a| a == "--boots").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(5);
-    let marks = ["kernel", "init (initramfs)", "root switched", "init (system)", "network", "etcd ready"];
+    let boots: usize = args
+        .iter()
+        .position(|a| a == "--boots")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5);
+    let marks = [
+        "kernel",
+        "init (initramfs)",
+        "root switched",
+        "init (system)",
+        "network",
+        "etcd ready",
+    ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); marks.len()];
     let mut rss = Vec::new();
     let efi_stub = Regex::new("EFI stub: ")?;
@@ -35,20 +47,36 @@ fn main() -> Result<()> {
         ];
         // network and etcd become ready concurrently: look both up once etcd is ready.
         let etcd = vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT)?;
-        let net = vm.lines().into_iter().find(|l| l.event() == Some("network_ready")).context("no network_ready line")?;
+        let net = vm
+            .lines()
+            .into_iter()
+            .find(|l| l.event() == Some("network_ready"))
+            .context("no network_ready line")?;
         for (k, l) in lines.iter().chain([&net, &etcd]).enumerate() {
             samples[k].push(vm.since_start(l).as_secs_f64());
         }
         std::thread::sleep(Duration::from_secs(2));
         rss.push(hook(&vm, "rss")?.parse::<f64>()? / 1024.0);
-        eprintln!("boot {}: etcd ready {:.2} s", i + 1, vm.since_start(&etcd).as_secs_f64());
+        eprintln!(
+            "boot {}: etcd ready {:.2} s",
+            i + 1,
+            vm.since_start(&etcd).as_secs_f64()
+        );
         vm.kill();
     }
     println!("boot timeline under TCG, seconds after QEMU start, median of {boots}:");
     for (m, s) in marks.iter().zip(samples) {
-        println!("  {m:<18} {:>6.2}   (min {:.2}, max {:.2})", median(s.clone()), s.iter().copied().fold(f64::MAX, f64::min), s.iter().copied().fold(0.0, f64::max));
+        println!(
+            "  {m:<18} {:>6.2}   (min {:.2}, max {:.2})",
+            median(s.clone()),
+            s.iter().copied().fold(f64::MAX, f64::min),
+            s.iter().copied().fold(0.0, f64::max)
+        );
     }
-    println!("cairn-init resident memory with etcd ready: {:.1} MiB (median)", median(rss));
+    println!(
+        "cairn-init resident memory with etcd ready: {:.1} MiB (median)",
+        median(rss)
+    );
     for name in ["cairn", "cairn-test"] {
         let json = Path::new("out").join(format!("{name}.json"));
         if let Ok(text) = std::fs::read_to_string(&json) {
@@ -57,7 +85,12 @@ fn main() -> Result<()> {
             let xz = compressed(raw)?;
             println!(
                 "{name}: raw {:.1} MB virtual / {:.1} MB allocated, qcow2 {:.1} MB, raw.xz {:.1} MB, squashfs {:.1} MB, UKI {:.1} MB",
-                mb(&v["raw_virtual_bytes"]), mb(&v["raw_allocated_bytes"]), mb(&v["qcow2_bytes"]), xz / 1e6, mb(&v["squashfs_bytes"]), mb(&v["uki_bytes"])
+                mb(&v["raw_virtual_bytes"]),
+                mb(&v["raw_allocated_bytes"]),
+                mb(&v["qcow2_bytes"]),
+                xz / 1e6,
+                mb(&v["squashfs_bytes"]),
+                mb(&v["uki_bytes"])
             );
         }
     }
@@ -70,6 +103,9 @@ fn mb(v: &serde_json::Value) -> f64 {
 
 /// Size of `xz -6` of a file (what a download of the raw image would be).
 fn compressed(path: &str) -> Result<f64> {
-    let out = std::process::Command::new("xz").args(["-6", "-T2", "-c", path]).output().context("running xz")?;
+    let out = std::process::Command::new("xz")
+        .args(["-6", "-T2", "-c", path])
+        .output()
+        .context("running xz")?;
     Ok(out.stdout.len() as f64)
 }

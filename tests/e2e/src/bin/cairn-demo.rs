@@ -15,19 +15,27 @@ fn main() -> Result<()> {
     let Some(image) = args.iter().find(|a| !a.starts_with("--")) else {
         bail!("usage: cairn-demo <image.qcow2> [--exit-when-ready]");
     };
-    let exit_when_ready = args.iter().any(|a| a == "--exit-when-ready") || std::env::var_os("CI").is_some();
+    let exit_when_ready =
+        args.iter().any(|a| a == "--exit-when-ready") || std::env::var_os("CI").is_some();
 
-    let disk = Disk::new(std::path::Path::new(image), Some("8G")).context("creating the VM disk")?;
+    let disk =
+        Disk::new(std::path::Path::new(image), Some("8G")).context("creating the VM disk")?;
     eprintln!("cairn-demo: booting {image} under QEMU (TCG, UEFI); the console follows");
     let mut vm = Vm::boot(&VmConfig::default(), &disk)?;
     let ready = vm.wait_for_event("ready", &[("service", "etcd")], Duration::from_secs(300))?;
     eprintln!(
         "\ncairn-demo: the node is up — etcd ready {:.1} s after QEMU started. {}",
         vm.since_start(&ready).as_secs_f64(),
-        if exit_when_ready { "Powering off." } else { "Press Ctrl-C to power it off." }
+        if exit_when_ready {
+            "Powering off."
+        } else {
+            "Press Ctrl-C to power it off."
+        }
     );
     if !exit_when_ready {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(tokio::signal::ctrl_c())?;
     }
     vm.powerdown()?;
