@@ -33,6 +33,29 @@ pub fn mount_once(
     mount_fs(source, target, fstype, flags, data)
 }
 
+/// The kernel filesystems both stages need: /proc, /sys, devtmpfs on /dev and a
+/// tmpfs /run. Already-mounted ones are left alone (after switch-root they moved
+/// along with us).
+pub fn mount_kernel_filesystems() -> Result<()> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    mount_once("proc", "/proc", "proc", nodev, None)?;
+    mount_once("sysfs", "/sys", "sysfs", nodev, None)?;
+    mount_once(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount_once(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+}
+
 /// True if `path` is a mount point (its device differs from its parent's, or it is listed in /proc/self/mountinfo).
 pub fn is_mountpoint(path: &str) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {

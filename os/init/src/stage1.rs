@@ -53,23 +53,7 @@ pub fn run() -> Result<Infallible> {
         stage = "initramfs",
         "cairn-init starting"
     );
-    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
-    mount_fs("proc", "/proc", "proc", nodev, None)?;
-    mount_fs("sysfs", "/sys", "sysfs", nodev, None)?;
-    mount_fs(
-        "devtmpfs",
-        "/dev",
-        "devtmpfs",
-        MsFlags::MS_NOSUID,
-        Some("mode=0755"),
-    )?;
-    mount_fs(
-        "tmpfs",
-        "/run",
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )?;
+    crate::fsutil::mount_kernel_filesystems()?;
 
     let cmdline = Cmdline::read();
     crate::fatal::set_hold(cmdline.flag("cairn.hold"));

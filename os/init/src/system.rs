@@ -101,22 +101,7 @@ pub fn run() -> Result<Infallible> {
 fn base_mounts() -> Result<()> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     // Normally moved here by stage 1; mounted fresh when booted without an initramfs.
-    mount_once("proc", "/proc", "proc", nodev, None)?;
-    mount_once("sysfs", "/sys", "sysfs", nodev, None)?;
-    mount_once(
-        "devtmpfs",
-        "/dev",
-        "devtmpfs",
-        MsFlags::MS_NOSUID,
-        Some("mode=0755"),
-    )?;
-    mount_once(
-        "tmpfs",
-        "/run",
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )?;
+    crate::fsutil::mount_kernel_filesystems()?;
     mount_once(
         "devpts",
         "/dev/pts",
