@@ -32,6 +32,10 @@ pub fn update(lock: &Lockfile, cache: &Cache, opts: &BuildOptions) -> Result<Str
         }
     }
 
+    // The new deb pins must be on disk before the build below re-reads the lockfile.
+    fs::write(&lock.path, doc.to_string())
+        .map_err(Error::io(format!("writing {}", lock.path.display())))?;
+
     for c in lock.go.iter().filter(|c| selected(&c.name)) {
         write_wrapper(lock, cache, c)?;
     }
