@@ -16,6 +16,9 @@ pub use types::{Cidr, Hostname, InvalidValue};
 /// The only `apiVersion` this build understands.
 pub const API_VERSION: &str = "cairn.dev/v1alpha1";
 pub const KIND: &str = "MachineConfig";
+/// The Kubernetes release this build carries (the lockfile's `kubernetes` version;
+/// a test keeps the two equal).
+pub const KUBERNETES_VERSION: &str = "v1.36.3";
 
 /// A parsed, validated machine configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +29,30 @@ pub struct MachineConfig {
     pub machine: Machine,
     #[serde(default)]
     pub cluster: Cluster,
+    /// Where the cluster's desired state comes from (the GitOps reconciler).
+    #[serde(default)]
+    pub gitops: Option<GitSource>,
+}
+
+/// A git repository the cluster follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitSource {
+    /// `https://`, `ssh://` (or `user@host:path`) or `file://` URL.
+    pub url: String,
+    /// A branch (default `main`), a tag or an exact commit; at most one of the three.
+    #[serde(default)]
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// Directory inside the repository holding the manifests (default: the root).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Seconds between polls (default 30).
+    #[serde(default)]
+    pub interval_seconds: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +134,26 @@ pub struct Cluster {
     pub service_cidr: Cidr,
     #[serde(default = "default_dns_domain")]
     pub dns_domain: String,
+    /// The cluster DNS Service's address (default: the 10th address of serviceCidr).
+    #[serde(default)]
+    pub dns_service_ip: Option<std::net::Ipv4Addr>,
+    /// The API server URL clients outside the node use (default
+    /// `https://<node address>:6443`); its host is added to the serving certificate.
+    #[serde(default)]
+    pub api_endpoint: Option<String>,
+    /// More names or addresses for the API server's certificate.
+    #[serde(default)]
+    pub extra_sans: Vec<String>,
+    /// If set, must be the release this image carries ([`KUBERNETES_VERSION`]).
+    #[serde(default)]
+    pub kubernetes_version: Option<String>,
+}
+
+impl Cluster {
+    /// The cluster DNS Service's address.
+    pub fn dns_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.dns_service_ip.or_else(|| self.service_cidr.nth(10))
+    }
 }
 
 impl Default for Cluster {
@@ -116,6 +163,10 @@ impl Default for Cluster {
             pod_cidr: default_pod_cidr(),
             service_cidr: default_service_cidr(),
             dns_domain: default_dns_domain(),
+            dns_service_ip: None,
+            api_endpoint: None,
+            extra_sans: Vec::new(),
+            kubernetes_version: None,
         }
     }
 }
@@ -183,6 +234,69 @@ impl MachineConfig {
                 "cluster: podCidr {} overlaps serviceCidr {}",
                 self.cluster.pod_cidr, self.cluster.service_cidr
             ));
+        }
+        let svc = self.cluster.service_cidr;
+        if svc.prefix() > 28 {
+            return Err(format!(
+                "cluster.serviceCidr: {svc} is too small (at most /28)"
+            ));
+        }
+        match self.cluster.dns_service_ip {
+            Some(ip) if !svc.contains(ip) => {
+                return Err(format!(
+                    "cluster.dnsServiceIp: {ip} is outside serviceCidr {svc}"
+                ));
+            }
+            Some(ip) if Some(ip) == svc.nth(1) => {
+                return Err(format!(
+                    "cluster.dnsServiceIp: {ip} is the `kubernetes` Service's address"
+                ));
+            }
+            _ => {}
+        }
+        if self.cluster.pod_cidr.prefix() > 24 {
+            return Err(format!(
+                "cluster.podCidr: {} is smaller than one node's /24",
+                self.cluster.pod_cidr
+            ));
+        }
+        if let Some(url) = &self.cluster.api_endpoint {
+            let host = url.strip_prefix("https://").unwrap_or("");
+            if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+                return Err(format!(
+                    "cluster.apiEndpoint: `{url}` is not an https://host[:port] URL"
+                ));
+            }
+        }
+        if let Some(v) = &self.cluster.kubernetes_version {
+            if v != KUBERNETES_VERSION {
+                return Err(format!(
+                    "cluster.kubernetesVersion: `{v}` is not the release this image carries ({KUBERNETES_VERSION})"
+                ));
+            }
+        }
+        if let Some(git) = &self.gitops {
+            let refs = [&git.branch, &git.tag, &git.commit]
+                .iter()
+                .filter(|r| r.is_some())
+                .count();
+            if refs > 1 {
+                return Err("gitops: set at most one of `branch`, `tag` and `commit`".into());
+            }
+            let u = git.url.as_str();
+            let scheme_ok = u.starts_with("https://")
+                || u.starts_with("http://")
+                || u.starts_with("ssh://")
+                || u.starts_with("file://")
+                || (u.contains('@') && u.contains(':'));
+            if !scheme_ok {
+                return Err(format!(
+                    "gitops.url: `{u}` is not an https://, ssh://, user@host:path or file:// URL"
+                ));
+            }
+            if git.interval_seconds == Some(0) {
+                return Err("gitops.intervalSeconds: must be at least 1".into());
+            }
         }
         for key in self.machine.sysctls.keys() {
             let ok = !key.is_empty()
@@ -336,6 +450,58 @@ mod tests {
                 .expect_err("overlap")
                 .to_string()
                 .contains("overlaps")
+        );
+    }
+
+    #[test]
+    fn cluster_fields_are_checked() {
+        let base = MachineConfig::default_document();
+        for (extra, want) in [
+            ("  dnsServiceIp: 10.200.0.10\n", "dnsServiceIp"),
+            ("  apiEndpoint: http://x:6443\n", "apiEndpoint"),
+            ("  kubernetesVersion: v1.20.0\n", "kubernetesVersion"),
+            ("  serviceCidr: 10.96.0.0/30\n", "too small"),
+            ("  podCidr: 10.244.0.0/25\n", "podCidr"),
+        ] {
+            let err = MachineConfig::parse("m", &format!("{base}{extra}"))
+                .expect_err(extra)
+                .to_string();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        let ok = format!(
+            "{base}  dnsServiceIp: 10.96.0.53\n  apiEndpoint: https://127.0.0.1:6443\n  kubernetesVersion: {KUBERNETES_VERSION}\n"
+        );
+        let cfg = MachineConfig::parse("m", &ok).expect("valid");
+        assert_eq!(cfg.cluster.dns_ip(), Some(std::net::Ipv4Addr::new(10, 96, 0, 53)));
+        let default = MachineConfig::parse("m", base).expect("valid");
+        assert_eq!(default.cluster.dns_ip(), Some(std::net::Ipv4Addr::new(10, 96, 0, 10)));
+    }
+
+    #[test]
+    fn gitops_source_is_checked() {
+        let base = MachineConfig::default_document();
+        let ok = format!("{base}gitops:\n  url: https://git.example/repo.git\n  branch: main\n  path: clusters/a\n");
+        let cfg = MachineConfig::parse("m", &ok).expect("valid");
+        assert_eq!(cfg.gitops.map(|g| g.path), Some(Some("clusters/a".into())));
+        let two = format!("{base}gitops:\n  url: file:///r\n  branch: a\n  tag: b\n");
+        assert!(MachineConfig::parse("m", &two).expect_err("two refs").to_string().contains("at most one"));
+        let bad = format!("{base}gitops:\n  url: ftp://x/r\n");
+        assert!(MachineConfig::parse("m", &bad).expect_err("scheme").to_string().contains("gitops.url"));
+        let typo = format!("{base}gitops:\n  url: file:///r\n  brnch: a\n");
+        let err = MachineConfig::parse("m", &typo).expect_err("typo").to_string();
+        assert!(err.contains("brnch") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_version_matches_the_lockfile() {
+        let lock = include_str!("../../../image-build/components.toml");
+        let k8s = lock
+            .split("[[go]]")
+            .find(|block| block.contains("name = \"kubernetes\""))
+            .expect("kubernetes in the lockfile");
+        assert!(
+            k8s.contains(&format!("version = \"{KUBERNETES_VERSION}\"")),
+            "KUBERNETES_VERSION {KUBERNETES_VERSION} differs from the lockfile"
         );
     }
 

@@ -27,6 +27,10 @@ pub enum PkiError {
     #[error("{} already exists; refusing to overwrite an existing secrets bundle", path.display())]
     AlreadyExists { path: PathBuf },
 
+    /// A `SecretsBundle` document could not be read or written.
+    #[error("secrets bundle document: {message}")]
+    Document { message: String },
+
     /// `check` found the bundle unusable for this node; one entry per problem.
     #[error("secrets bundle rejected: {}", Problems(problems))]
     Rejected { problems: Vec<Problem> },

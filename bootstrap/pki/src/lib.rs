@@ -19,6 +19,7 @@
 
 mod bundle;
 mod check;
+mod document;
 mod error;
 mod generate;
 mod issue;
@@ -30,6 +31,7 @@ mod store;
 
 pub use bundle::{Bundle, PRIVATE_MODE, PUBLIC_MODE, Secret};
 pub use check::check;
+pub use document::{DOCUMENT_API_VERSION, DOCUMENT_KIND, is_private};
 pub use error::{PkiError, Problem};
 pub use generate::generate;
 pub use params::{API_PORT, ClusterParams, server_url};

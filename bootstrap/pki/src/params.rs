@@ -58,11 +58,24 @@ impl ClusterParams {
         advertise_ip: IpAddr,
         now: OffsetDateTime,
     ) -> ClusterParams {
+        let base = ClusterParams::new(cfg.machine.hostname.clone(), advertise_ip, now);
+        let mut extra_sans = cfg.cluster.extra_sans.clone();
+        if let Some(host) = cfg.cluster.api_endpoint.as_deref().and_then(endpoint_host) {
+            if !extra_sans.contains(&host) {
+                extra_sans.push(host);
+            }
+        }
         ClusterParams {
             cluster_name: cfg.cluster.name.clone(),
             service_cidr: cfg.cluster.service_cidr,
             dns_domain: cfg.cluster.dns_domain.clone(),
-            ..ClusterParams::new(cfg.machine.hostname.clone(), advertise_ip, now)
+            extra_sans,
+            external_server: cfg
+                .cluster
+                .api_endpoint
+                .clone()
+                .unwrap_or(base.external_server.clone()),
+            ..base
         }
     }
 
@@ -115,6 +128,16 @@ impl ClusterParams {
         }
         self.first_service_ip().map(|_| ())
     }
+}
+
+/// The host of an `https://host[:port]` URL (brackets of an IPv6 literal removed).
+fn endpoint_host(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("https://")?;
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => rest.split(':').next()?,
+    };
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 /// `https://<ip>:6443`, with brackets for IPv6.
