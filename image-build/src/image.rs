@@ -11,6 +11,7 @@ use crate::assemble::{self, ImageInputs, ImageOutputs};
 use crate::components::{self, BuildOptions, BuildReport, Cache, Lockfile};
 use crate::cpio::CpioBuilder;
 use crate::kmodules::ModuleTree;
+use crate::oci::{self, ImageSpec};
 use crate::rootfs::{LibResolver, Tree, install_libraries};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,10 @@ pub enum ImageError {
     Cpio(#[from] crate::cpio::CpioError),
     #[error(transparent)]
     Assemble(#[from] assemble::AssembleError),
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
+    #[error(transparent)]
+    StaticBuild(#[from] crate::static_bins::StaticBuildError),
     #[error("{0}")]
     Input(String),
     #[error("{what} {path}: {source}")]
@@ -36,7 +41,8 @@ pub enum ImageError {
     },
 }
 
-/// The Debian packages whose files the image carries (besides the kernel).
+/// The Debian packages whose files the image carries (besides the kernel): the
+/// tools below and every library they (and the init) link against.
 const USERLAND_DEBS: &[&str] = &[
     "libc6",
     "libgcc-s1",
@@ -46,11 +52,56 @@ const USERLAND_DEBS: &[&str] = &[
     "libss2",
     "libblkid1",
     "libuuid1",
+    "nftables",
+    "libnftables1",
+    "libjansson4",
+    "libmnl0",
+    "libnftnl11",
+    "libxtables12",
+    "libgmp10",
+    "libedit2",
+    "libbsd0",
+    "libmd0",
+    "libtinfo6",
+    "mount",
+    "libmount1",
+    "libselinux1",
+    "libpcre2-8-0",
+    "libsmartcols1",
 ];
-/// e2fsprogs tools the init runs to format and grow STATE and DATA.
-const E2FS_TOOLS: &[&str] = &["mke2fs", "resize2fs", "e2fsck"];
+/// Tools from those packages: (package, path in the package, path in the image).
+/// e2fsprogs formats and grows STATE and DATA; `nft` is what kube-proxy's nftables
+/// mode and the CNI plugins' nftables backend run; kubelet mounts tmpfs volumes
+/// (secrets, projected service-account tokens) by running `mount`/`umount`.
+const DEB_TOOLS: &[(&str, &str, &str)] = &[
+    ("e2fsprogs", "sbin/mke2fs", "/usr/sbin/mke2fs"),
+    ("e2fsprogs", "sbin/resize2fs", "/usr/sbin/resize2fs"),
+    ("e2fsprogs", "sbin/e2fsck", "/usr/sbin/e2fsck"),
+    ("nftables", "usr/sbin/nft", "/usr/sbin/nft"),
+    ("mount", "bin/mount", "/usr/bin/mount"),
+    ("mount", "bin/umount", "/usr/bin/umount"),
+];
 /// Upstream binaries in /usr/bin: (component, binary).
-const UPSTREAM_BINARIES: &[(&str, &str)] = &[("etcd", "etcd"), ("etcd", "etcdctl")];
+const UPSTREAM_BINARIES: &[(&str, &str)] = &[
+    ("etcd", "etcd"),
+    ("etcd", "etcdctl"),
+    ("kubernetes", "kube-apiserver"),
+    ("kubernetes", "kube-controller-manager"),
+    ("kubernetes", "kube-scheduler"),
+    ("kubernetes", "kubelet"),
+    ("kubernetes", "kube-proxy"),
+    ("containerd", "containerd"),
+    ("containerd", "containerd-shim-runc-v2"),
+    ("containerd", "ctr"),
+    ("runc", "runc"),
+];
+/// CNI plugins, in [`CNI_BIN_DIR`]: containerd runs them for every pod sandbox.
+const CNI_PLUGINS: &[&str] = &["bridge", "loopback", "host-local", "portmap"];
+/// Where the CNI plugins are (`cairn_services::cni::BIN_DIR`).
+const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// Where the pod images' OCI archives are; the init imports every `*.oci.tar` here
+/// into containerd before kubelet starts.
+pub const IMAGES_DIR: &str = "/usr/share/cairn/images";
 
 /// Drivers the initramfs needs to find and mount the system slot.
 const INITRAMFS_MODULES: &[&str] = &[
@@ -160,6 +211,8 @@ pub fn build(lock: &Lockfile, cache: &Cache, opts: &ImageOptions) -> Result<Summ
         .map(|(c, _)| c.to_string())
         .collect();
     only.dedup();
+    only.push("cni-plugins".into());
+    only.push("coredns".into());
     only.extend(USERLAND_DEBS.iter().map(|s| s.to_string()));
     only.push(kernel_pkg.name.clone());
     only.push("systemd-boot-efi".into());
@@ -184,7 +237,15 @@ pub fn build(lock: &Lockfile, cache: &Cache, opts: &ImageOptions) -> Result<Summ
 
     let scratch = cache.scratch("image")?;
     let rootfs = Tree::new(&scratch.path().join("rootfs"))?;
-    let module_count = system_tree(&rootfs, &report, &resolver, &modules, &release, opts)?;
+    let module_count = system_tree(
+        &rootfs,
+        &report,
+        &resolver,
+        &modules,
+        &release,
+        opts,
+        lock.build.source_date_epoch,
+    )?;
     let initramfs = initramfs(
         lock.build.source_date_epoch,
         &opts.init,
@@ -267,6 +328,7 @@ fn system_tree(
     modules: &ModuleTree,
     release: &str,
     opts: &ImageOptions,
+    epoch: u64,
 ) -> Result<usize, ImageError> {
     for d in [
         "/usr/bin",
@@ -295,13 +357,33 @@ fn system_tree(
             0o755,
         )?;
     }
-    let e2fs = report.deb_root("e2fsprogs")?;
-    for tool in E2FS_TOOLS {
-        let src = e2fs.join("sbin").join(tool);
-        t.copy(&src, &format!("/usr/sbin/{tool}"), 0o755)?;
+    t.dir(CNI_BIN_DIR, 0o755)?;
+    for plugin in CNI_PLUGINS {
+        t.copy(
+            &report.binary("cni-plugins", plugin)?,
+            &format!("{CNI_BIN_DIR}/{plugin}"),
+            0o755,
+        )?;
+    }
+    for (package, from, to) in DEB_TOOLS {
+        let src = report.deb_root(package)?.join(from);
+        t.copy(&src, to, 0o755)?;
         dynamic.push(src);
     }
     install_libraries(t, &resolver.closure(&dynamic)?)?;
+    // The kernel runs `/usr/sbin/modprobe <alias>` to load netfilter modules on
+    // demand; the init answers as modprobe when called by that name.
+    t.symlink("/usr/sbin/modprobe", "../bin/cairn-init")?;
+
+    t.dir("/usr/share/cairn", 0o755)?;
+    t.dir(IMAGES_DIR, 0o755)?;
+    for (name, spec) in pod_images(report, epoch)? {
+        let dest = t
+            .root
+            .join(IMAGES_DIR.trim_start_matches('/'))
+            .join(format!("{name}.oci.tar"));
+        oci::write_archive(&spec, &dest)?;
+    }
 
     let mut wanted: Vec<String> = SYSTEM_MODULES.iter().map(|s| s.to_string()).collect();
     wanted.extend(modules.under(SYSTEM_MODULE_DIRS));
@@ -324,6 +406,26 @@ fn system_tree(
         t.symlink(&format!("/etc/{f}"), &format!("/run/cairn/{f}"))?;
     }
     Ok(set.len())
+}
+
+/// The pod images the node imports at boot, by archive name: the pause image every
+/// sandbox runs, CoreDNS, and the small web server used by tests and the demo. Our
+/// two programs are built here as static binaries (the images have no libc).
+fn pod_images(
+    report: &BuildReport,
+    epoch: u64,
+) -> Result<Vec<(&'static str, ImageSpec)>, ImageError> {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let pause = crate::static_bins::build_static(&workspace, "cairn-pause", "cairn-pause")?;
+    let webtest = crate::static_bins::build_static(&workspace, "cairn-webtest", "cairn-webtest")?;
+    Ok(vec![
+        ("pause", oci::pause_image(&pause, epoch)?),
+        (
+            "coredns",
+            oci::coredns_image(&report.binary("coredns", "coredns")?, epoch)?,
+        ),
+        ("webtest", oci::webtest_image(&webtest, epoch)?),
+    ])
 }
 
 /// Where a path lands in a merged-/usr tree (`/lib64/x` -> `/usr/lib64/x`).

@@ -14,5 +14,6 @@ pub mod oci;
 pub mod qcow2;
 pub mod rootfs;
 pub mod squashfs;
+pub mod static_bins;
 pub mod tool;
 pub mod uki;

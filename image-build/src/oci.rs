@@ -1,7 +1,8 @@
 //! OCI image archives for images a cairn node imports at boot: there is no
-//! container registry on a node, so the images pods need (the pause image first,
-//! later CoreDNS and test workloads) are built here as OCI image-layout tars and
-//! imported into containerd's `k8s.io` namespace (`ctr -n k8s.io images import`).
+//! container registry on a node, so the images pods need (the pause image,
+//! CoreDNS and the webtest workload, each one static program) are built here as
+//! OCI image-layout tars and imported into containerd's `k8s.io` namespace
+//! (`ctr -n k8s.io images import`).
 //!
 //! The writer is deterministic: the same [`ImageSpec`] always gives the same
 //! bytes (hence the same digests) for a given build of this crate and its
@@ -41,6 +42,20 @@ pub const PAUSE_TAG: &str = "3.10.1";
 /// `registry.k8s.io/pause:3.10.1` (containerd 2.2's default sandbox image name): the full name containerd gives the imported image.
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
 
+/// The CoreDNS image's repository: the pinned CoreDNS from the component cache,
+/// our build, so under our own registry name.
+pub const COREDNS_REPOSITORY: &str = "cairn.local/coredns";
+/// The pinned CoreDNS version (a unit test keeps it equal to `components.toml`).
+pub const COREDNS_TAG: &str = "v1.14.2";
+/// `cairn.local/coredns:v1.14.2`: what containerd calls the imported CoreDNS image.
+pub const COREDNS_IMAGE: &str = "cairn.local/coredns:v1.14.2";
+/// The webtest image's repository: `image-build/webtest` (package `cairn-webtest`).
+pub const WEBTEST_REPOSITORY: &str = "cairn.local/webtest";
+/// See [`WEBTEST_REPOSITORY`].
+pub const WEBTEST_TAG: &str = "v1";
+/// `cairn.local/webtest:v1`: what containerd calls the imported webtest image.
+pub const WEBTEST_IMAGE: &str = "cairn.local/webtest:v1";
+
 /// Media types written.
 pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -74,8 +89,12 @@ pub enum OciError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("pause binary {path}: {reason}")]
-    Pause { path: PathBuf, reason: String },
+    #[error("binary {path} for the image {image}: {reason}")]
+    Binary {
+        image: String,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 /// One regular file in the image's single layer.
@@ -130,38 +149,95 @@ pub struct Digests {
 }
 
 /// The pause image: our static `cairn-pause` as `/pause`, entrypoint `["/pause"]`,
-/// user 65535:65535 like upstream's, named [`PAUSE_IMAGE`]. Refuses a binary that
-/// is not a static executable (the image has no libc or loader).
+/// user 65535:65535 like upstream's, named [`PAUSE_IMAGE`].
 pub fn pause_image(pause_binary: &Path, epoch: u64) -> Result<ImageSpec, OciError> {
-    let pause_err = |reason: String| OciError::Pause {
-        path: pause_binary.to_path_buf(),
+    let mut spec = static_program_image(
+        PAUSE_REPOSITORY,
+        PAUSE_TAG,
+        pause_binary,
+        "/pause",
+        vec!["/pause".into()],
+        epoch,
+    )?;
+    spec.user = Some("65535:65535".into());
+    Ok(spec)
+}
+
+/// The CoreDNS image: the (static, Go) `coredns` binary as `/coredns`,
+/// entrypoint `["/coredns"]`, named [`COREDNS_IMAGE`]. The user is left unset
+/// (root), so CoreDNS can bind port 53 with the runtime's default capabilities.
+pub fn coredns_image(coredns_binary: &Path, epoch: u64) -> Result<ImageSpec, OciError> {
+    static_program_image(
+        COREDNS_REPOSITORY,
+        COREDNS_TAG,
+        coredns_binary,
+        "/coredns",
+        vec!["/coredns".into()],
+        epoch,
+    )
+}
+
+/// The webtest image: our static `cairn-webtest` as `/webtest`, entrypoint
+/// `["/webtest"]` (pods pass `serve ...` or `get ...` as args), named
+/// [`WEBTEST_IMAGE`].
+pub fn webtest_image(webtest_binary: &Path, epoch: u64) -> Result<ImageSpec, OciError> {
+    static_program_image(
+        WEBTEST_REPOSITORY,
+        WEBTEST_TAG,
+        webtest_binary,
+        "/webtest",
+        vec!["/webtest".into()],
+        epoch,
+    )
+}
+
+/// A `FROM scratch`-style image of one static executable: a single layer with
+/// `binary` at `install_as` (mode 0755, owner 0:0, mtime `epoch`), the given
+/// entrypoint, user unset (root). Refuses a binary that is not a static ELF
+/// executable (the image has no libc or loader) and an `install_as` that is
+/// not a clean path.
+pub fn static_program_image(
+    repository: &str,
+    tag: &str,
+    binary: &Path,
+    install_as: &str,
+    entrypoint: Vec<String>,
+    epoch: u64,
+) -> Result<ImageSpec, OciError> {
+    let binary_err = |reason: String| OciError::Binary {
+        image: format!("{repository}:{tag}"),
+        path: binary.to_path_buf(),
         reason,
     };
-    let needs = crate::elf::needs(pause_binary).map_err(|e| pause_err(e.to_string()))?;
+    let needs = crate::elf::needs(binary).map_err(|e| binary_err(e.to_string()))?;
     if !needs.is_static() {
-        return Err(pause_err(format!(
+        return Err(binary_err(format!(
             "not a static executable (interpreter {:?}, needs {:?}); build it with \
-             RUSTFLAGS=\"-C target-feature=+crt-static\" --target x86_64-unknown-linux-gnu",
+             RUSTFLAGS=\"-C target-feature=+crt-static\" --target x86_64-unknown-linux-gnu \
+             (see static_bins::build_static)",
             needs.interpreter, needs.needed
         )));
     }
-    let contents = std::fs::read(pause_binary).map_err(|source| OciError::Io {
+    let path = clean_path(install_as)?;
+    let contents = std::fs::read(binary).map_err(|source| OciError::Io {
         what: "reading",
-        path: pause_binary.to_path_buf(),
+        path: binary.to_path_buf(),
         source,
     })?;
-    Ok(ImageSpec {
-        name: PAUSE_REPOSITORY.into(),
-        tag: PAUSE_TAG.into(),
-        entrypoint: vec!["/pause".into()],
-        user: Some("65535:65535".into()),
+    let spec = ImageSpec {
+        name: repository.into(),
+        tag: tag.into(),
+        entrypoint,
+        user: None,
         files: vec![LayerFile {
-            path: "pause".into(),
+            path,
             mode: 0o755,
             contents,
         }],
         epoch,
-    })
+    };
+    check_reference(&spec)?;
+    Ok(spec)
 }
 
 /// Writes the archive of `spec` to `out` (through a temporary file beside it,
@@ -999,19 +1075,142 @@ mod tests {
         );
     }
 
+    /// The smallest file `elf::needs` reads as a static executable: an ELF64
+    /// header with no program or section headers.
+    fn tiny_static_elf(dir: &Path) -> PathBuf {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2; // ELFCLASS64
+        h[5] = 1; // little endian
+        h[6] = 1; // EV_CURRENT
+        h[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        h[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        h[20..24].copy_from_slice(&1u32.to_le_bytes());
+        h[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        h[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        h[58..60].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
+        let path = dir.join("tiny");
+        std::fs::write(&path, &h).unwrap_or_else(|e| panic!("{e}"));
+        path
+    }
+
     #[test]
-    fn oci_pause_image_spec() {
+    fn oci_static_program_image_is_one_deterministic_layer() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        // A dynamically linked executable is refused.
-        let err = pause_image(Path::new("/bin/sh"), EPOCH).map(|_| ());
-        assert!(matches!(err, Err(OciError::Pause { .. })), "{err:?}");
+        let bin = tiny_static_elf(dir.path());
+        let make = || {
+            static_program_image(
+                "cairn.local/tiny",
+                "1",
+                &bin,
+                "/usr/bin/tiny",
+                vec!["/usr/bin/tiny".into(), "-x".into()],
+                EPOCH,
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let s = make();
+        assert_eq!(s.reference(), "cairn.local/tiny:1");
+        assert_eq!(s.entrypoint, vec!["/usr/bin/tiny", "-x"]);
+        assert_eq!(s.user, None);
+        assert_eq!(s.files.len(), 1);
+        assert_eq!(s.files[0].path, "usr/bin/tiny");
+        assert_eq!(s.files[0].mode, 0o755);
+        assert_eq!(
+            s.files[0].contents,
+            std::fs::read(&bin).unwrap_or_else(|e| panic!("{e}"))
+        );
+        let (a, _) = archive_bytes(&s).unwrap_or_else(|e| panic!("{e}"));
+        let (b, _) = archive_bytes(&make()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(a == b, "two builds of the same image differ");
+        let layer = read_tar(&layer_tar(&s.files, EPOCH).unwrap_or_else(|e| panic!("{e}")));
+        let listing: Vec<(&str, u32, u64)> = layer
+            .iter()
+            .map(|e| (e.path.as_str(), e.mode, e.mtime))
+            .collect();
+        assert_eq!(
+            listing,
+            vec![
+                ("usr/", 0o755, EPOCH),
+                ("usr/bin/", 0o755, EPOCH),
+                ("usr/bin/tiny", 0o755, EPOCH)
+            ]
+        );
+    }
+
+    #[test]
+    fn oci_static_program_image_refuses_dynamic_binaries_and_bad_names() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let bin = tiny_static_elf(dir.path());
+        let image = |binary: &Path, repository: &str, install_as: &str| {
+            static_program_image(repository, "1", binary, install_as, vec![], EPOCH).map(|_| ())
+        };
+        // A dynamically linked executable is refused, naming the image and the file.
+        let err = image(Path::new("/bin/sh"), "cairn.local/x", "/x");
+        assert!(matches!(err, Err(OciError::Binary { .. })), "{err:?}");
+        let text = err.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            text.contains("cairn.local/x:1") && text.contains("/bin/sh"),
+            "{text}"
+        );
         // Not an ELF file at all: refused too.
         let junk = dir.path().join("junk");
         std::fs::write(&junk, b"not elf").unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
-            pause_image(&junk, EPOCH),
-            Err(OciError::Pause { .. })
+            image(&junk, "cairn.local/x", "/x"),
+            Err(OciError::Binary { .. })
+        ));
+        assert!(matches!(
+            image(&bin, "cairn.local/x", "../x"),
+            Err(OciError::Path { .. })
+        ));
+        assert!(matches!(
+            image(&bin, "cairn.local/X", "/x"),
+            Err(OciError::Name { .. })
+        ));
+    }
+
+    #[test]
+    fn oci_pause_coredns_and_webtest_image_specs() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let bin = tiny_static_elf(dir.path());
+        for (spec, reference, file, user) in [
+            (
+                pause_image(&bin, EPOCH),
+                PAUSE_IMAGE,
+                "pause",
+                Some("65535:65535"),
+            ),
+            (coredns_image(&bin, EPOCH), COREDNS_IMAGE, "coredns", None),
+            (webtest_image(&bin, EPOCH), WEBTEST_IMAGE, "webtest", None),
+        ] {
+            let spec = spec.unwrap_or_else(|e| panic!("{reference}: {e}"));
+            assert_eq!(spec.reference(), reference);
+            assert_eq!(spec.entrypoint, vec![format!("/{file}")], "{reference}");
+            assert_eq!(spec.user.as_deref(), user, "{reference}");
+            assert_eq!(spec.files.len(), 1, "{reference}");
+            assert_eq!(spec.files[0].path, file, "{reference}");
+            assert_eq!(spec.files[0].mode, 0o755, "{reference}");
+            assert_eq!(spec.epoch, EPOCH);
+        }
+        assert!(matches!(
+            pause_image(Path::new("/bin/sh"), EPOCH),
+            Err(OciError::Binary { .. })
         ));
         assert_eq!(PAUSE_IMAGE, format!("{PAUSE_REPOSITORY}:{PAUSE_TAG}"));
+        assert_eq!(COREDNS_IMAGE, format!("{COREDNS_REPOSITORY}:{COREDNS_TAG}"));
+        assert_eq!(WEBTEST_IMAGE, format!("{WEBTEST_REPOSITORY}:{WEBTEST_TAG}"));
+    }
+
+    /// The CoreDNS image's tag names the version the lockfile pins.
+    #[test]
+    fn oci_coredns_tag_is_the_pinned_version() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("components.toml");
+        let lock = crate::components::Lockfile::load(&path)
+            .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+        let coredns = lock
+            .go_component("coredns")
+            .unwrap_or_else(|| panic!("{} pins no coredns", path.display()));
+        assert_eq!(coredns.version, COREDNS_TAG);
     }
 }

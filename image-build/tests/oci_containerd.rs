@@ -1,11 +1,13 @@
-//! Imports the pause image archive written by `cairn_image::oci` into a REAL
-//! containerd (the pinned v2.2.9 from the component cache), the way a cairn node
-//! does at boot: `ctr -n k8s.io images import`.
+//! Imports the pod image archives written by `cairn_image::oci` (pause,
+//! CoreDNS, webtest) into a REAL containerd (the pinned v2.2.9 from the
+//! component cache), the way a cairn node does at boot: `ctr -n k8s.io images
+//! import`.
 //!
-//! Needs the component cache warm for containerd (`cargo run --release -p
-//! cairn-image -- components build`); on a cold cache the test fails with that
-//! instruction, it never passes vacuously. It builds the static pause binary with
-//! a nested `cargo build` into `target/static` (or takes `$CAIRN_PAUSE_BIN`).
+//! Needs the component cache warm for containerd and CoreDNS (`cargo run
+//! --release -p cairn-image -- components build`); on a cold cache the test
+//! fails with that instruction, it never passes vacuously. It builds the static
+//! pause and webtest binaries with `static_bins::build_static` (a nested `cargo
+//! build` into `target/static`), or takes `$CAIRN_PAUSE_BIN` / `$CAIRN_WEBTEST_BIN`.
 //!
 //! containerd runs as a child process with a generated config: root, state, temp
 //! and the socket in a temporary directory; the CRI plugins, NRI, `/opt`-plugin,
@@ -20,10 +22,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_image::components::Lockfile;
-use cairn_image::{elf, oci};
+use cairn_image::components::{BuildReport, Lockfile};
+use cairn_image::oci::{self, Digests, ImageSpec};
+use cairn_image::{elf, static_bins};
 
-const WARM_HINT: &str = "the real component cache has no containerd v2.2.9: run \
+const WARM_HINT: &str = "the real component cache has no containerd v2.2.9 or CoreDNS v1.14.2: run \
      `cargo run --release -p cairn-image -- components build` first (CI runs it before these tests)";
 
 /// The pinned build epoch (any fixed value would do; this is the lockfile's).
@@ -38,52 +41,66 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `containerd` and `ctr` from the warm component cache.
-fn containerd_binaries() -> (PathBuf, PathBuf) {
-    let report = cairn_image::components::cached(&["containerd"]).unwrap_or_else(|e| panic!("{e}"));
-    let get = |b: &str| {
+/// `containerd`, `ctr` and `coredns` from the warm component cache.
+fn cached_binaries() -> (PathBuf, PathBuf, PathBuf) {
+    let report: BuildReport = cairn_image::components::cached(&["containerd", "coredns"])
+        .unwrap_or_else(|e| panic!("{WARM_HINT}: {e}"));
+    let get = |component: &str, b: &str| {
         let p = report
-            .binary("containerd", b)
+            .binary(component, b)
             .unwrap_or_else(|e| panic!("{WARM_HINT}: {e}"));
         assert!(p.is_file(), "{WARM_HINT}: {} is missing", p.display());
         p
     };
-    (get("containerd"), get("ctr"))
+    (
+        get("containerd", "containerd"),
+        get("containerd", "ctr"),
+        get("coredns", "coredns"),
+    )
 }
 
-/// The static pause binary: `$CAIRN_PAUSE_BIN`, else built with the documented
-/// command into `target/static`.
-fn static_pause() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAIRN_PAUSE_BIN") {
-        return PathBuf::from(p);
-    }
-    let root = workspace_root();
-    let target_dir = root.join("target/static");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "cairn-pause",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running cargo build for cairn-pause: {e}"));
+/// One of our programs as a static binary: `$<env>`, else built with
+/// `static_bins::build_static`. Asserts that it is static.
+fn static_program(env: &str, package: &str) -> PathBuf {
+    let path = match std::env::var_os(env) {
+        Some(p) => PathBuf::from(p),
+        None => static_bins::build_static(&workspace_root(), package, package)
+            .unwrap_or_else(|e| panic!("{e}")),
+    };
+    let needs = elf::needs(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        out.status.success(),
-        "building the static pause binary failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        needs.is_static(),
+        "{} is not static: {needs:?}",
+        path.display()
     );
-    target_dir.join("x86_64-unknown-linux-gnu/release/cairn-pause")
+    path
+}
+
+/// One image of the test: its spec, the binary it carries and the archive written.
+struct Archive {
+    spec: ImageSpec,
+    binary: PathBuf,
+    path: PathBuf,
+    digests: Digests,
+}
+
+impl Archive {
+    fn write(spec: ImageSpec, binary: PathBuf, dir: &Path) -> Archive {
+        let file = spec.files[0].path.clone();
+        let path = dir.join(format!("{file}.oci.tar"));
+        let digests = oci::write_archive(&spec, &path).unwrap_or_else(|e| panic!("{e}"));
+        Archive {
+            spec,
+            binary,
+            path,
+            digests,
+        }
+    }
+
+    /// The path of the binary inside the image, e.g. `pause`.
+    fn file(&self) -> &str {
+        &self.spec.files[0].path
+    }
 }
 
 /// A running containerd; killed by its pid (SIGKILL) when dropped unless it was
@@ -266,34 +283,51 @@ fn rows(text: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The row whose first column is `name`.
+fn row_of<'a>(rows: &'a [Vec<String>], name: &str, table: &str) -> &'a [String] {
+    rows.iter()
+        .find(|r| r[0] == name)
+        .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
+}
+
 #[test]
-fn pause_archive_imports_into_real_containerd() {
+fn pod_image_archives_import_into_real_containerd() {
     let t0 = Instant::now();
     let lock_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("components.toml");
     let lock = Lockfile::load(&lock_path)
         .unwrap_or_else(|e| panic!("loading {}: {e}", lock_path.display()));
-    let (containerd, ctr) = containerd_binaries();
+    let (containerd, ctr, coredns) = cached_binaries();
     let t_components = t0.elapsed();
 
     let t1 = Instant::now();
-    let pause = static_pause();
-    let needs = elf::needs(&pause).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        needs.is_static(),
-        "{} is not static: {needs:?}",
-        pause.display()
-    );
-    let t_pause = t1.elapsed();
+    let pause = static_program("CAIRN_PAUSE_BIN", "cairn-pause");
+    let webtest = static_program("CAIRN_WEBTEST_BIN", "cairn-webtest");
+    let t_static = t1.elapsed();
 
     let dir = tempfile::Builder::new()
         .prefix("cairn-oci-ctd-")
         .tempdir()
         .unwrap_or_else(|e| panic!("creating a temporary directory: {e}"));
     let t2 = Instant::now();
-    let spec = oci::pause_image(&pause, epoch(&lock)).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(spec.reference(), oci::PAUSE_IMAGE);
-    let archive = dir.path().join("pause.oci.tar");
-    let digests = oci::write_archive(&spec, &archive).unwrap_or_else(|e| panic!("{e}"));
+    let epoch = epoch(&lock);
+    let archives = [
+        (oci::pause_image(&pause, epoch), pause, oci::PAUSE_IMAGE),
+        (
+            oci::coredns_image(&coredns, epoch),
+            coredns,
+            oci::COREDNS_IMAGE,
+        ),
+        (
+            oci::webtest_image(&webtest, epoch),
+            webtest,
+            oci::WEBTEST_IMAGE,
+        ),
+    ]
+    .map(|(spec, binary, name)| {
+        let spec = spec.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(spec.reference(), name);
+        Archive::write(spec, binary, dir.path())
+    });
     let t_archive = t2.elapsed();
 
     let t3 = Instant::now();
@@ -302,65 +336,83 @@ fn pause_archive_imports_into_real_containerd() {
     let t_start = t3.elapsed();
 
     let t4 = Instant::now();
-    let archive_arg = archive.to_string_lossy().into_owned();
-    let imported = ctd.ctr(&["images", "import", "--snapshotter", "native", &archive_arg]);
+    for a in &archives {
+        let archive_arg = a.path.to_string_lossy().into_owned();
+        let imported = ctd.ctr(&["images", "import", "--snapshotter", "native", &archive_arg]);
+        eprintln!("ctr images import {}:\n{imported}", a.path.display());
+    }
     let t_import = t4.elapsed();
-    eprintln!("ctr images import:\n{imported}");
 
-    // Exactly our name, pointing at our manifest.
+    // Exactly our names, each pointing at its manifest.
+    let mut expected: Vec<String> = archives.iter().map(|a| a.spec.reference()).collect();
+    expected.sort();
     let names = ctd.ctr(&["images", "ls", "-q"]);
-    assert_eq!(
-        names.lines().collect::<Vec<_>>(),
-        vec![oci::PAUSE_IMAGE],
-        "images ls -q:\n{names}"
-    );
+    let mut listed: Vec<&str> = names.lines().collect();
+    listed.sort_unstable();
+    assert_eq!(listed, expected, "images ls -q:\n{names}");
     let ls = ctd.ctr(&["images", "ls"]);
     eprintln!("ctr images ls:\n{ls}");
     let ls_rows = rows(&ls);
-    assert_eq!(ls_rows.len(), 1, "{ls}");
-    assert_eq!(ls_rows[0][0], oci::PAUSE_IMAGE, "{ls}");
-    assert_eq!(ls_rows[0][1], oci::MEDIA_MANIFEST, "{ls}");
-    assert_eq!(ls_rows[0][2], digests.manifest, "{ls}");
-    assert!(ls.contains("linux/amd64"), "{ls}");
+    assert_eq!(ls_rows.len(), archives.len(), "{ls}");
+    for a in &archives {
+        let row = row_of(&ls_rows, &a.spec.reference(), &ls);
+        assert_eq!(row[1], oci::MEDIA_MANIFEST, "{ls}");
+        assert_eq!(row[2], a.digests.manifest, "{ls}");
+        assert!(row.iter().any(|c| c == "linux/amd64"), "{ls}");
+    }
 
     // Complete (all content present) and unpacked into the native snapshotter.
     let check = ctd.ctr(&["images", "check", "--snapshotter", "native"]);
     eprintln!("ctr images check:\n{check}");
     let check_rows = rows(&check);
-    assert_eq!(check_rows.len(), 1, "{check}");
-    let row = &check_rows[0];
-    assert_eq!(row[0], oci::PAUSE_IMAGE, "{check}");
-    assert_eq!(row[2], digests.manifest, "{check}");
-    assert!(
-        row.iter().any(|c| c == "complete"),
-        "image not complete:\n{check}"
-    );
-    assert_eq!(
-        row.last().map(String::as_str),
-        Some("true"),
-        "image not unpacked:\n{check}"
-    );
+    assert_eq!(check_rows.len(), archives.len(), "{check}");
+    for a in &archives {
+        let row = row_of(&check_rows, &a.spec.reference(), &check);
+        assert_eq!(row[2], a.digests.manifest, "{check}");
+        assert!(
+            row.iter().any(|c| c == "complete"),
+            "{} not complete:\n{check}",
+            row[0]
+        );
+        assert_eq!(
+            row.last().map(String::as_str),
+            Some("true"),
+            "{} not unpacked:\n{check}",
+            row[0]
+        );
+    }
     let ready = ctd.ctr(&["images", "check", "--snapshotter", "native", "-q"]);
-    assert_eq!(ready.trim(), oci::PAUSE_IMAGE, "images check -q:\n{ready}");
+    let mut ready_names: Vec<&str> = ready.lines().collect();
+    ready_names.sort_unstable();
+    assert_eq!(ready_names, expected, "images check -q:\n{ready}");
 
-    // The unpacked snapshot holds our pause binary as /pause, 0755, mtime = epoch.
+    // Each unpacked snapshot holds its binary at the root, 0755, mtime = epoch.
     let snapshots = ctd
         .root
         .join("io.containerd.snapshotter.v1.native/snapshots");
-    let unpacked: Vec<PathBuf> = fs::read_dir(&snapshots)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", snapshots.display()))
-        .filter_map(|e| e.ok().map(|e| e.path().join("pause")))
-        .filter(|p| p.is_file())
-        .collect();
-    assert_eq!(unpacked.len(), 1, "snapshots with /pause: {unpacked:?}");
-    let meta = fs::metadata(&unpacked[0]).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
-    assert_eq!(meta.mtime() as u64, epoch(&lock));
-    let original = fs::read(&pause).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        fs::read(&unpacked[0]).ok() == Some(original),
-        "unpacked /pause differs from the binary"
-    );
+    for a in &archives {
+        let unpacked: Vec<PathBuf> = fs::read_dir(&snapshots)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", snapshots.display()))
+            .filter_map(|e| e.ok().map(|e| e.path().join(a.file())))
+            .filter(|p| p.is_file())
+            .collect();
+        assert_eq!(
+            unpacked.len(),
+            1,
+            "snapshots with /{}: {unpacked:?}",
+            a.file()
+        );
+        let meta = fs::metadata(&unpacked[0]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755, "/{}", a.file());
+        assert_eq!(meta.mtime() as u64, epoch, "/{}", a.file());
+        let original = fs::read(&a.binary).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            fs::read(&unpacked[0]).ok() == Some(original),
+            "unpacked /{} differs from {}",
+            a.file(),
+            a.binary.display()
+        );
+    }
 
     let pid = ctd.child.as_ref().map(Child::id);
     let status = ctd.kill();
@@ -372,9 +424,13 @@ fn pause_archive_imports_into_real_containerd() {
         );
     }
     drop(ctd);
+    let sizes: Vec<String> = archives
+        .iter()
+        .map(|a| format!("{} {} bytes", a.spec.reference(), a.digests.archive_size))
+        .collect();
     eprintln!(
-        "timings: components {t_components:?}, static pause {t_pause:?}, archive {t_archive:?} \
-         ({} bytes, manifest {}), containerd ready {t_start:?}, import {t_import:?}",
-        digests.archive_size, digests.manifest
+        "timings: components {t_components:?}, static programs {t_static:?}, archives \
+         {t_archive:?} ({}), containerd ready {t_start:?}, imports {t_import:?}",
+        sizes.join(", ")
     );
 }

@@ -80,7 +80,11 @@ pub fn gen_config(opts: &GenOptions) -> Result<Generated> {
     }
     write_file(&out.machine_config, text.as_bytes(), 0o644)?;
     write_file(&out.secrets, secrets.as_bytes(), cairn_pki::PRIVATE_MODE)?;
-    write_file(&out.admin_kubeconfig, admin.as_bytes(), cairn_pki::PRIVATE_MODE)?;
+    write_file(
+        &out.admin_kubeconfig,
+        admin.as_bytes(),
+        cairn_pki::PRIVATE_MODE,
+    )?;
     Ok(out)
 }
 

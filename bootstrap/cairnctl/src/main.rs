@@ -73,9 +73,10 @@ fn run() -> Result<()> {
             force,
         }) => {
             let base_config = match config {
-                Some(p) => Some(std::fs::read_to_string(&p).map_err(|e| {
-                    anyhow::anyhow!("reading {}: {e}", p.display())
-                })?),
+                Some(p) => Some(
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
+                ),
                 None => None,
             };
             let generated = cairnctl::gen_config(&cairnctl::GenOptions {
@@ -87,11 +88,17 @@ fn run() -> Result<()> {
                 force,
             })?;
             println!("wrote {}", generated.machine_config.display());
-            println!("wrote {} (private keys: keep it safe)", generated.secrets.display());
+            println!(
+                "wrote {} (private keys: keep it safe)",
+                generated.secrets.display()
+            );
             println!("wrote {}", generated.admin_kubeconfig.display());
         }
         Cmd::Kubeconfig { secrets, server } => {
-            print!("{}", cairnctl::admin_kubeconfig(&secrets, server.as_deref())?);
+            print!(
+                "{}",
+                cairnctl::admin_kubeconfig(&secrets, server.as_deref())?
+            );
         }
     }
     Ok(())

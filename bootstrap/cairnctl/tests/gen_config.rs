@@ -28,8 +28,15 @@ fn generated_bundle_fits_the_node_and_only_that_node() {
     )
     .expect("valid config");
     assert_eq!(cfg.machine.hostname.as_str(), "node-a");
-    assert_eq!(cfg.cluster.api_endpoint.as_deref(), Some("https://127.0.0.1:16443"));
-    let mode = std::fs::metadata(&out.secrets).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(
+        cfg.cluster.api_endpoint.as_deref(),
+        Some("https://127.0.0.1:16443")
+    );
+    let mode = std::fs::metadata(&out.secrets)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
 
     let bundle = Bundle::from_document(&std::fs::read_to_string(&out.secrets).expect("read"))
@@ -41,13 +48,15 @@ fn generated_bundle_fits_the_node_and_only_that_node() {
     let mut other = cfg.clone();
     other.machine.hostname = Hostname::try_from("node-b".to_string()).expect("name");
     let params = ClusterParams::from_machine_config(&other, ip, OffsetDateTime::now_utc());
-    let err = cairn_pki::check(&bundle, &params).expect_err("another node's bundle").to_string();
+    let err = cairn_pki::check(&bundle, &params)
+        .expect_err("another node's bundle")
+        .to_string();
     assert!(err.contains("node-b"), "{err}");
 
     let admin = std::fs::read_to_string(&out.admin_kubeconfig).expect("admin");
     assert!(admin.contains("server: https://127.0.0.1:16443"), "{admin}");
-    let forwarded =
-        cairnctl::admin_kubeconfig(&out.secrets, Some("https://127.0.0.1:7443")).expect("kubeconfig");
+    let forwarded = cairnctl::admin_kubeconfig(&out.secrets, Some("https://127.0.0.1:7443"))
+        .expect("kubeconfig");
     assert!(forwarded.contains("https://127.0.0.1:7443"), "{forwarded}");
 
     let again = cairnctl::gen_config(&cairnctl::GenOptions {
@@ -58,5 +67,10 @@ fn generated_bundle_fits_the_node_and_only_that_node() {
         out_dir: dir.path().to_path_buf(),
         force: false,
     });
-    assert!(again.expect_err("no overwrite").to_string().contains("--force"));
+    assert!(
+        again
+            .expect_err("no overwrite")
+            .to_string()
+            .contains("--force")
+    );
 }

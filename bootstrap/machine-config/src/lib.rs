@@ -472,23 +472,43 @@ mod tests {
             "{base}  dnsServiceIp: 10.96.0.53\n  apiEndpoint: https://127.0.0.1:6443\n  kubernetesVersion: {KUBERNETES_VERSION}\n"
         );
         let cfg = MachineConfig::parse("m", &ok).expect("valid");
-        assert_eq!(cfg.cluster.dns_ip(), Some(std::net::Ipv4Addr::new(10, 96, 0, 53)));
+        assert_eq!(
+            cfg.cluster.dns_ip(),
+            Some(std::net::Ipv4Addr::new(10, 96, 0, 53))
+        );
         let default = MachineConfig::parse("m", base).expect("valid");
-        assert_eq!(default.cluster.dns_ip(), Some(std::net::Ipv4Addr::new(10, 96, 0, 10)));
+        assert_eq!(
+            default.cluster.dns_ip(),
+            Some(std::net::Ipv4Addr::new(10, 96, 0, 10))
+        );
     }
 
     #[test]
     fn gitops_source_is_checked() {
         let base = MachineConfig::default_document();
-        let ok = format!("{base}gitops:\n  url: https://git.example/repo.git\n  branch: main\n  path: clusters/a\n");
+        let ok = format!(
+            "{base}gitops:\n  url: https://git.example/repo.git\n  branch: main\n  path: clusters/a\n"
+        );
         let cfg = MachineConfig::parse("m", &ok).expect("valid");
         assert_eq!(cfg.gitops.map(|g| g.path), Some(Some("clusters/a".into())));
         let two = format!("{base}gitops:\n  url: file:///r\n  branch: a\n  tag: b\n");
-        assert!(MachineConfig::parse("m", &two).expect_err("two refs").to_string().contains("at most one"));
+        assert!(
+            MachineConfig::parse("m", &two)
+                .expect_err("two refs")
+                .to_string()
+                .contains("at most one")
+        );
         let bad = format!("{base}gitops:\n  url: ftp://x/r\n");
-        assert!(MachineConfig::parse("m", &bad).expect_err("scheme").to_string().contains("gitops.url"));
+        assert!(
+            MachineConfig::parse("m", &bad)
+                .expect_err("scheme")
+                .to_string()
+                .contains("gitops.url")
+        );
         let typo = format!("{base}gitops:\n  url: file:///r\n  brnch: a\n");
-        let err = MachineConfig::parse("m", &typo).expect_err("typo").to_string();
+        let err = MachineConfig::parse("m", &typo)
+            .expect_err("typo")
+            .to_string();
         assert!(err.contains("brnch") && err.contains("line"), "{err}");
     }
 

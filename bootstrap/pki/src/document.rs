@@ -68,9 +68,7 @@ impl Bundle {
         let mut bundle = Bundle::new();
         for (name, text) in doc.files {
             let path = PathBuf::from(&name);
-            let plain = path
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)));
+            let plain = path.components().all(|c| matches!(c, Component::Normal(_)));
             if name.is_empty() || !plain {
                 return Err(PkiError::Document {
                     message: format!("file name `{name}` is not a plain relative path"),
@@ -100,7 +98,10 @@ mod tests {
         let text = b.to_document().expect("document");
         let back = Bundle::from_document(&text).expect("parse");
         assert_eq!(back, b);
-        assert_eq!(back.get("pki/ca.key").map(Secret::mode), Some(crate::PRIVATE_MODE));
+        assert_eq!(
+            back.get("pki/ca.key").map(Secret::mode),
+            Some(crate::PRIVATE_MODE)
+        );
     }
 
     #[test]
@@ -112,8 +113,8 @@ mod tests {
         assert!(err.to_string().contains("../etc/passwd"), "{err}");
         let err = Bundle::from_document(&doc("  /abs: x\n")).expect_err("absolute");
         assert!(err.to_string().contains("/abs"), "{err}");
-        let err = Bundle::from_document("apiVersion: v1\nkind: Secret\nfiles: {}\n")
-            .expect_err("kind");
+        let err =
+            Bundle::from_document("apiVersion: v1\nkind: Secret\nfiles: {}\n").expect_err("kind");
         assert!(err.to_string().contains("SecretsBundle"), "{err}");
         let err = Bundle::from_document(&doc("  a.key: x\nextra: 1\n")).expect_err("unknown");
         assert!(err.to_string().contains("extra"), "{err}");

@@ -28,14 +28,12 @@ pub struct DebEntry {
 
 pub(crate) fn entry_dir(cache: &Cache, d: &DebPackage) -> PathBuf {
     let version = d.version.replace(':', "%3a");
-    cache
-        .debs()
-        .join(format!(
-            "{}_{}_{}",
-            d.name,
-            version,
-            d.sha256.get(..12).unwrap_or("unpinned")
-        ))
+    cache.debs().join(format!(
+        "{}_{}_{}",
+        d.name,
+        version,
+        d.sha256.get(..12).unwrap_or("unpinned")
+    ))
 }
 
 /// Whether the entry is present and its .deb still has the pinned hash.

@@ -12,6 +12,8 @@ use anyhow::{Result, bail};
 use cairn_machine_config::MachineConfig;
 
 pub const FW_CFG_NAME: &str = "opt/cairn/machine-config";
+/// Where the kernel shows QEMU's fw_cfg files (`<dir>/<name>/raw`).
+pub const FW_CFG_DIR: &str = "/sys/firmware/qemu_fw_cfg/by_name";
 
 /// Where the config in use came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +41,7 @@ pub struct Locations {
 impl Locations {
     pub fn node() -> Locations {
         Locations {
-            fw_cfg: Path::new("/sys/firmware/qemu_fw_cfg/by_name")
-                .join(FW_CFG_NAME)
-                .join("raw"),
+            fw_cfg: Path::new(FW_CFG_DIR).join(FW_CFG_NAME).join("raw"),
             state: PathBuf::from("/state/machine.yaml"),
         }
     }

@@ -6,7 +6,9 @@
 //! Protocol on TCP 7777: one line per command, one line of answer.
 //! `kill <service> <SIGNAL>` -> `ok` | `error: ...`; `ping` -> `pong`;
 //! `status` -> `name=state,...`; `cgroup <service>` -> the pids in its cgroup;
-//! `rss` -> PID 1's resident memory in KiB.
+//! `rss` -> PID 1's resident memory in KiB; `get <ip:port> <path>` -> an HTTP GET
+//! from the node's own network namespace (to reach a ClusterIP), the status line
+//! and body on one line.
 //! TCP 12379 is forwarded to etcd's 127.0.0.1:2379.
 
 use std::str::FromStr;
@@ -61,6 +63,7 @@ async fn serve(conn: TcpStream, supervisor: Supervisor) {
                 .find_map(|l| l.strip_prefix("VmRSS:"))
                 .map(|v| v.trim().trim_end_matches("kB").trim().to_string())
                 .unwrap_or_else(|| "error: no VmRSS".into()),
+            ["get", addr, path] => http_get(addr, path).await,
             ["kill", service, sig] => match Signal::from_str(sig) {
                 Ok(s) => match supervisor.signal(service, s).await {
                     Ok(()) => "ok".into(),
@@ -93,5 +96,30 @@ async fn forward(outer: u16, inner: u16) {
                 let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
             }
         });
+    }
+}
+
+/// One HTTP/1.0 GET with a 5 s limit; `status-line | body` flattened to one line.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let exchange = async {
+        let mut conn = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(String::from_utf8_lossy(&raw).into_owned())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), exchange).await {
+        Ok(Ok(text)) => {
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            let status = head.lines().next().unwrap_or_default();
+            format!("{status} | {}", body.trim().replace('\n', " "))
+        }
+        Ok(Err(e)) => format!("error: {addr}: {e}"),
+        Err(_) => format!("error: {addr}: no answer within 5 s"),
     }
 }

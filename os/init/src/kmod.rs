@@ -263,6 +263,43 @@ fn collect_modaliases(dir: &Path, out: &mut Vec<String>, depth: usize) {
     }
 }
 
+/// `modprobe [-q] [--] <name or alias>...`, as the kernel's usermode helper runs it
+/// (`/proc/sys/kernel/modprobe` = `/usr/sbin/modprobe`, a link to this binary) to
+/// load netfilter modules on demand. Returns the exit code.
+pub fn modprobe_main(args: &[String]) -> i32 {
+    let quiet = args.iter().any(|a| a == "-q" || a == "--quiet");
+    let names: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let release = match crate::fsutil::kernel_release() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("modprobe: {e:#}");
+            return 1;
+        }
+    };
+    let mut modules = match Modules::open(Path::new("/"), &release) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("modprobe: {e:#}");
+            return 1;
+        }
+    };
+    let mut code = 0;
+    for name in names {
+        let direct = modules.load(name);
+        let ok = direct.is_ok() || {
+            let by_alias = modules.modules_for_alias(name);
+            !by_alias.is_empty() && by_alias.iter().all(|m| modules.load(m).is_ok())
+        };
+        if !ok {
+            if !quiet {
+                eprintln!("modprobe: no module or alias {name}");
+            }
+            code = 1;
+        }
+    }
+    code
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ mod gpt_grow;
 mod hooks;
 mod kmod;
 mod net;
+mod node;
 mod power;
 mod shutdown;
 mod stage1;
@@ -30,6 +31,13 @@ mod system;
 use std::panic::AssertUnwindSafe;
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv
+        .first()
+        .is_some_and(|a| a.rsplit('/').next() == Some("modprobe"))
+    {
+        std::process::exit(kmod::modprobe_main(&argv[1..]));
+    }
     console::init();
     let is_pid1 = std::process::id() == 1;
     if !is_pid1 {

@@ -28,13 +28,33 @@ impl Action {
 /// Persistent mounts, innermost first.
 const UNMOUNT: &[&str] = &["/var", "/state"];
 
-pub async fn run(action: Action, supervisor: &Supervisor) -> ! {
+/// The longest the init waits for kubelet to drain pods (its shutdownGracePeriod is
+/// 30 s; the shim promises 40).
+const DRAIN_MAX: Duration = Duration::from_secs(40);
+
+pub async fn run(
+    action: Action,
+    supervisor: &Supervisor,
+    logind: Option<&cairn_logind::Logind>,
+) -> ! {
     let start = Instant::now();
     tracing::info!(
         event = "shutdown_start",
         action = action.name(),
         "orderly shutdown"
     );
+    // First kubelet stops the pods gracefully (preStop hooks, SIGTERM, grace
+    // periods): it holds a delay lock until it is done.
+    if let Some(logind) = logind.filter(|l| l.delay_locks() > 0) {
+        let outcome = logind.prepare_for_shutdown(DRAIN_MAX).await;
+        tracing::info!(
+            event = "pods_drained",
+            released = outcome.released_all,
+            waited_ms = outcome.waited.as_millis() as u64,
+            locks_left = outcome.locks_left,
+            "kubelet's shutdown lock released"
+        );
+    }
     supervisor.shutdown().await;
     tracing::info!(
         event = "services_stopped",
@@ -52,6 +72,14 @@ pub async fn run(action: Action, supervisor: &Supervisor) -> ! {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     nix::unistd::sync();
+    // Container rootfs overlays, pod volumes and the like first, deepest first.
+    for m in UNMOUNT {
+        for sub in mounts_below(m) {
+            if let Err(e) = umount2(sub.as_str(), MntFlags::MNT_DETACH) {
+                tracing::debug!(path = %sub, error = ?e.to_string(), "could not unmount");
+            }
+        }
+    }
     for m in UNMOUNT {
         if !crate::fsutil::is_mountpoint(m) {
             continue;
@@ -101,4 +129,20 @@ fn others_alive() -> bool {
                 .map(|c| !c.is_empty())
                 .unwrap_or(false)
     })
+}
+
+/// Mount points strictly below `dir`, deepest first (from /proc/self/mountinfo,
+/// whose field 5 is the mount point with spaces escaped as `\040`).
+fn mounts_below(dir: &str) -> Vec<String> {
+    let prefix = format!("{}/", dir.trim_end_matches('/'));
+    let mut out: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| p.replace("\\040", " "))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    out.dedup();
+    out
 }

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use cairn_machine_config::MachineConfig;
-use cairn_services::Paths;
 use cairn_supervisor::{EventKind, Supervisor, SupervisorConfig};
 use nix::mount::{MsFlags, mount};
 use tokio::signal::unix::{SignalKind, signal};
@@ -40,11 +39,23 @@ const SYSTEM_MODULES: &[&str] = &[
     "evdev",
     "button",
     "qemu_fw_cfg",
+    // containerd's snapshotter, the pod network (veth pairs on a bridge, bridged
+    // traffic through netfilter), kube-proxy's nftables and conntrack. Other
+    // netfilter modules load on demand through `/usr/sbin/modprobe`.
     "overlay",
+    "veth",
+    "bridge",
+    "br_netfilter",
+    "nf_conntrack",
+    "nf_tables",
 ];
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const SERVICES_CGROUP: &str = "/sys/fs/cgroup/cairn";
+
+/// What the logind shim answers for `InhibitDelayMaxUSec`: above kubelet's
+/// `shutdownGracePeriod` (30 s), or kubelet would try to reconfigure logind.
+const LOGIND_INHIBIT_DELAY_MAX: Duration = Duration::from_secs(40);
 
 const DEFAULT_SYSCTLS: &[(&str, &str)] = &[
     ("kernel.panic", "10"),
@@ -54,6 +65,12 @@ const DEFAULT_SYSCTLS: &[(&str, &str)] = &[
     ("fs.inotify.max_user_watches", "524288"),
     ("fs.inotify.max_user_instances", "8192"),
     ("vm.overcommit_memory", "1"),
+    // Bridged pod traffic passes netfilter, so Service rules apply to pod-to-pod
+    // traffic on the node (needs br_netfilter, loaded before).
+    ("net.bridge.bridge-nf-call-iptables", "1"),
+    ("net.bridge.bridge-nf-call-ip6tables", "1"),
+    // The kernel's on-demand module loader: cairn-init answering as modprobe.
+    ("kernel.modprobe", "/usr/sbin/modprobe"),
 ];
 
 pub fn run() -> Result<Infallible> {
@@ -332,6 +349,7 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
     let mut sigusr2 =
         signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
 
+    let (address_tx, address_rx) = tokio::sync::watch::channel(None);
     let net_cfg = cfg.machine.network.clone();
     let host = cfg.machine.hostname.to_string();
     tokio::spawn(async move {
@@ -348,6 +366,7 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
                         gateway = %l.gateway.map(|g| g.to_string()).unwrap_or_default(),
                         "network configured"
                     );
+                    let _ = address_tx.send(Some(l.address));
                     return;
                 }
                 Err(e) => {
@@ -359,11 +378,33 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
         }
     });
 
-    let specs = cairn_services::node_services(&cfg, &Paths::node());
-    supervisor
-        .add(specs)
-        .await
-        .context("registering the services")?;
+    // kubelet's graceful node shutdown talks to logind on the system bus; the init
+    // plays both (see `cairn_logind`), and asks kubelet to drain pods at shutdown.
+    let logind = match cairn_logind::serve(cairn_logind::Config {
+        socket: cairn_logind::DEFAULT_SOCKET.into(),
+        inhibit_delay_max: LOGIND_INHIBIT_DELAY_MAX,
+    })
+    .await
+    {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(event = "logind_failed", error = ?e.to_string(), "no logind shim: pods will not be drained at shutdown");
+            None
+        }
+    };
+
+    let secrets = crate::node::take_secrets(
+        &Path::new(crate::config::FW_CFG_DIR)
+            .join(crate::node::SECRETS_FW_CFG)
+            .join("raw"),
+        Path::new(cairn_services::SECRETS_DIR),
+    );
+    tokio::spawn(crate::node::run(
+        cfg.clone(),
+        supervisor.clone(),
+        secrets,
+        address_rx,
+    ));
 
     #[cfg(feature = "test-hooks")]
     crate::hooks::spawn(supervisor.clone());
@@ -375,7 +416,7 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
         _ = sigusr2.recv() => Action::Poweroff,
         _ = power_rx.recv() => Action::Poweroff,
     };
-    shutdown::run(action, &supervisor).await
+    shutdown::run(action, &supervisor, logind.as_ref()).await
 }
 
 /// Prints a boot-timeline line the first time each service becomes ready.

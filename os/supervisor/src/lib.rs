@@ -55,6 +55,7 @@ mod process;
 mod reaper;
 mod spec;
 mod supervisor;
+pub mod tls;
 
 pub use backoff::Backoff;
 pub use error::Error;

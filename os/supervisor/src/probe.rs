@@ -58,6 +58,9 @@ pub enum Probe {
     Exec { command: PathBuf, args: Vec<String> },
     /// Ready when the future resolves to `Ok`.
     Custom(CustomProbe),
+    /// Never ready while running: a one-shot job, which satisfies its dependents
+    /// when it exits 0 (use with [`crate::RestartPolicy::OnFailure`] or `Never`).
+    Completion,
 }
 
 impl Probe {
@@ -75,6 +78,7 @@ impl fmt::Debug for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::None => f.write_str("None"),
+            Self::Completion => f.write_str("Completion"),
             Self::Tcp(addr) => f.debug_tuple("Tcp").field(addr).finish(),
             Self::Http { url } => f.debug_struct("Http").field("url", url).finish(),
             Self::Https {
@@ -121,6 +125,7 @@ pub(crate) async fn check(
     let attempt = async {
         match probe {
             Probe::None => Ok(()),
+            Probe::Completion => Err("a one-shot job is done when it exits 0".to_string()),
             Probe::Tcp(addr) => TcpStream::connect(addr)
                 .await
                 .map(drop)
@@ -275,9 +280,7 @@ async fn https_get(
     get_status(tls, url, authority, path).await
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+use crate::tls::provider;
 
 /// Builds the client configuration, reading the PEM files named in `verify` and
 /// `client_cert`. Errors name the file, never its contents.
@@ -285,54 +288,39 @@ fn tls_config(
     verify: &Verify<'_>,
     client_cert: Option<&(PathBuf, PathBuf)>,
 ) -> Result<rustls::ClientConfig, String> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls setup: {e}"))?;
-    let builder = match verify {
-        Verify::Ca(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certs(ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("CA certificate in {}: {e}", ca.display()))?;
-            }
-            builder.with_root_certificates(roots)
-        }
-        Verify::LoopbackOnly => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider()))),
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
+    let client = match client_cert {
+        Some((cert, key)) => Some((read(cert)?, read(key)?, cert)),
+        None => None,
     };
-    match client_cert {
-        None => Ok(builder.with_no_client_auth()),
-        Some((cert, key)) => {
-            let chain = read_certs(cert)?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("reading private key {}: {}", key.display(), pem_error(&e)))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("client certificate {}: {e}", cert.display()))
+    match verify {
+        Verify::Ca(ca) => crate::tls::client_config(
+            &ca.display().to_string(),
+            &read(ca)?,
+            client
+                .as_ref()
+                .map(|(c, k, _)| (c.as_slice(), k.as_slice())),
+        ),
+        Verify::LoopbackOnly => {
+            let builder = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("tls setup: {e}"))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider())));
+            match client {
+                None => Ok(builder.with_no_client_auth()),
+                Some((cert, key, path)) => {
+                    let what = path.display().to_string();
+                    let chain = crate::tls::certs(&what, "client certificate", &cert)?;
+                    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
+                        format!("{what}: client key: {}", crate::tls::pem_error(&e))
+                    })?;
+                    builder
+                        .with_client_auth_cert(chain, key)
+                        .map_err(|e| format!("client certificate {what}: {e}"))
+                }
+            }
         }
-    }
-}
-
-/// Every certificate of a PEM file; an empty file is an error.
-fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("reading certificates {}: {}", path.display(), pem_error(&e)))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate found", path.display()));
-    }
-    Ok(certs)
-}
-
-/// Describes a PEM error without echoing file contents.
-fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
-    use rustls::pki_types::pem::Error as E;
-    match e {
-        E::Io(io) => io.to_string(),
-        E::NoItemsFound => "no PEM item of the expected kind".into(),
-        _ => "malformed PEM".into(),
     }
 }
 

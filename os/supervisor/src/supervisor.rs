@@ -624,10 +624,11 @@ impl Actor {
             tokio::spawn(logs::pump(rx, svc.sink.clone()));
         }
         let immediate = matches!(svc.spec.readiness, Probe::None);
+        let completion = matches!(svc.spec.readiness, Probe::Completion);
         self.emit(name, EventKind::Started { pid: spawned.pid });
         if immediate {
             self.become_ready(name);
-        } else {
+        } else if !completion {
             self.start_probe(name);
         }
         Ok(())

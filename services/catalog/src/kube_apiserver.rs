@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn flags_from_the_design() {
         let args = cfg().args();
-        let s = "/var/lib/cairn/secrets";
+        let s = "/state/secrets";
         for flag in [
             "--advertise-address=10.0.2.15".to_string(),
             "--bind-address=0.0.0.0".into(),

@@ -120,7 +120,7 @@ mod tests {
             &Paths::node(),
         );
         let args = c.args();
-        let s = "/var/lib/cairn/secrets";
+        let s = "/state/secrets";
         for flag in [
             format!("--kubeconfig={s}/controller-manager.conf"),
             format!("--authentication-kubeconfig={s}/controller-manager.conf"),

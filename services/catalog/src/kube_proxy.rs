@@ -157,7 +157,7 @@ mod tests {
         assert_eq!(s("mode").as_deref(), Some("nftables"));
         assert_eq!(
             d["clientConnection"]["kubeconfig"].as_str(),
-            Some("/var/lib/cairn/secrets/kube-proxy.conf")
+            Some("/state/secrets/kube-proxy.conf")
         );
         assert_eq!(s("hostnameOverride").as_deref(), Some("cairn"));
         assert_eq!(s("clusterCIDR").as_deref(), Some("10.244.0.0/16"));

@@ -75,7 +75,7 @@ mod tests {
     #[test]
     fn flags_from_the_design() {
         let args = cfg().args();
-        let s = "/var/lib/cairn/secrets";
+        let s = "/state/secrets";
         for flag in [
             format!("--kubeconfig={s}/scheduler.conf"),
             format!("--authentication-kubeconfig={s}/scheduler.conf"),

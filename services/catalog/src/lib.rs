@@ -3,23 +3,28 @@
 //! machine config), what it depends on, how its readiness is probed and how it is
 //! restarted and stopped.
 //!
-//! - [`node_services`]: what a node runs today (etcd without TLS).
-//! - [`control_plane`]: etcd with TLS, kube-apiserver, kube-controller-manager and
-//!   kube-scheduler, configured from a cairn-pki secrets bundle. Not yet part of
-//!   [`node_services`]: the node runs it once it has a secrets bundle.
+//! - [`node_plan`]: what a node runs: the control plane (etcd with TLS,
+//!   kube-apiserver, kube-controller-manager, kube-scheduler) configured from a
+//!   cairn-pki secrets bundle, containerd, the pod image imports, kubelet and
+//!   kube-proxy; [`cni`] and [`cluster_objects`] are written and applied by the
+//!   init once the API server answers.
 //!
 //! Not for: running anything. The init hands these [`ServiceSpec`]s to the
 //! supervisor (`cairn-supervisor`), which owns processes, ordering and restarts.
 
+pub mod cluster_objects;
 pub mod cni;
 mod component;
 pub mod containerd;
+pub mod coredns;
 pub mod etcd;
 pub mod files;
+pub mod images;
 pub mod kube_apiserver;
 pub mod kube_controller_manager;
 pub mod kube_proxy;
 pub mod kube_scheduler;
+pub mod kubeapi;
 pub mod kubelet;
 
 use std::net::IpAddr;
@@ -45,15 +50,76 @@ impl Paths {
         Paths {
             bin: PathBuf::from("/usr/bin"),
             var_lib: PathBuf::from("/var/lib"),
-            secrets: PathBuf::from("/var/lib/cairn/secrets"),
+            secrets: PathBuf::from(SECRETS_DIR),
         }
     }
 }
 
-/// Every service a node of this configuration runs, in no particular order (the
-/// supervisor orders them by their dependencies).
-pub fn node_services(cfg: &MachineConfig, paths: &Paths) -> Vec<ServiceSpec> {
-    vec![etcd::spec(&etcd::EtcdConfig::from_machine(cfg, paths))]
+/// Where a node keeps its secrets bundle: on the STATE partition, with the machine
+/// config, not on DATA (which holds only what can be rebuilt).
+pub const SECRETS_DIR: &str = "/state/secrets";
+
+/// Everything a node runs this boot: the rendered configurations and the services.
+#[derive(Debug, Clone)]
+pub struct NodePlan {
+    pub containerd: containerd::ContainerdConfig,
+    pub kubelet: kubelet::KubeletConfig,
+    pub kube_proxy: kube_proxy::KubeProxyConfig,
+    /// etcd, kube-apiserver, kube-controller-manager, kube-scheduler (control-plane
+    /// nodes only).
+    pub control_plane: Vec<ServiceSpec>,
+    /// The pod image archives to import before kubelet starts.
+    pub image_archives: Vec<PathBuf>,
+    paths: Paths,
+}
+
+/// The plan for a node whose address is `node_ip` (known only at run time).
+pub fn node_plan(
+    cfg: &MachineConfig,
+    paths: &Paths,
+    node_ip: IpAddr,
+    image_archives: Vec<PathBuf>,
+) -> Result<NodePlan, files::RenderError> {
+    let control_plane = if cfg.machine.role == cairn_machine_config::Role::Controlplane {
+        control_plane(cfg, paths, &ControlPlaneOptions::new(node_ip))
+    } else {
+        Vec::new()
+    };
+    Ok(NodePlan {
+        containerd: containerd::ContainerdConfig::from_machine(cfg, paths),
+        kubelet: kubelet::KubeletConfig::from_machine(cfg, paths, node_ip)?,
+        kube_proxy: kube_proxy::KubeProxyConfig::from_machine(cfg, paths),
+        control_plane,
+        image_archives,
+        paths: paths.clone(),
+    })
+}
+
+impl NodePlan {
+    /// Writes the configuration files the services read; before [`NodePlan::specs`]
+    /// are started.
+    pub fn write_files(&self) -> Result<(), files::RenderError> {
+        self.containerd.write()?;
+        self.kubelet.write()?;
+        self.kube_proxy.write()
+    }
+
+    /// Every service, in no particular order (the supervisor orders them by their
+    /// dependencies): the control plane, containerd, one image import per archive,
+    /// kubelet (after containerd, the imports and the API server) and kube-proxy.
+    pub fn specs(&self) -> Vec<ServiceSpec> {
+        let imports = images::specs(&self.paths, &self.image_archives);
+        let mut kubelet = kubelet::spec(&self.kubelet);
+        kubelet
+            .depends_on
+            .extend(imports.iter().map(|s| s.name.clone()));
+        let mut out = self.control_plane.clone();
+        out.push(containerd::spec(&self.containerd));
+        out.extend(imports);
+        out.push(kubelet);
+        out.push(kube_proxy::spec(&self.kube_proxy));
+        out
+    }
 }
 
 /// The ports of the control plane; all but the API server's listen on 127.0.0.1 only.
@@ -187,9 +253,57 @@ mod tests {
         assert_eq!(specs[1].depends_on, ["etcd"]);
         assert_eq!(specs[2].depends_on, ["kube-apiserver"]);
         assert_eq!(specs[3].depends_on, ["kube-apiserver"]);
-        // node_services is unchanged: etcd alone, without TLS.
-        let node = node_services(&mc, &Paths::node());
-        assert_eq!(node.len(), 1);
-        assert!(node[0].args.iter().all(|a| !a.contains("https")));
+    }
+
+    #[test]
+    fn node_plan_orders_kubelet_after_imports_and_apiserver() {
+        let mc = MachineConfig::parse("t", MachineConfig::default_document()).expect("config");
+        let archives = vec![
+            PathBuf::from("/usr/share/cairn/images/coredns.oci.tar"),
+            PathBuf::from("/usr/share/cairn/images/pause.oci.tar"),
+        ];
+        let plan = node_plan(
+            &mc,
+            &Paths::node(),
+            "10.0.2.15".parse().expect("ip"),
+            archives,
+        )
+        .expect("plan");
+        let specs = plan.specs();
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "etcd",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "containerd",
+                "image-import-coredns",
+                "image-import-pause",
+                "kubelet",
+                "kube-proxy"
+            ]
+        );
+        let kubelet = &specs[7];
+        for dep in [
+            "containerd",
+            "kube-apiserver",
+            "image-import-coredns",
+            "image-import-pause",
+        ] {
+            assert!(
+                kubelet.depends_on.iter().any(|d| d == dep),
+                "{dep}: {:?}",
+                kubelet.depends_on
+            );
+        }
+        assert!(
+            specs[0].args.iter().any(|a| a.contains("https://")),
+            "etcd serves TLS"
+        );
+        for s in &specs {
+            s.validate().expect("valid spec");
+        }
     }
 }

@@ -252,8 +252,7 @@ fn kube_proxy_loads_and_validates_the_rendered_config() -> Result<()> {
         ensure!(v[key].as_str() == Some(want), "{key}: {:?}\n{text}", v[key]);
     }
     ensure!(
-        v["clientConnection"]["kubeconfig"].as_str()
-            == Some("/var/lib/cairn/secrets/kube-proxy.conf"),
+        v["clientConnection"]["kubeconfig"].as_str() == Some("/state/secrets/kube-proxy.conf"),
         "clientConnection.kubeconfig: {text}"
     );
     Ok(())

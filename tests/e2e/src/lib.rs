@@ -1,5 +1,7 @@
-//! Shared helpers for the end-to-end tests: the test image, booting a node,
-//! the test-only control port and etcd through the test image's port forward.
+//! Shared helpers for the end-to-end tests: the test image, booting a node with a
+//! generated machine config and secrets bundle (QEMU fw_cfg), the test-only control
+//! port, etcd (mTLS) through the test image's port forward, and kubectl against the
+//! forwarded API server.
 //!
 //! The tests boot the real disk image (`out/cairn-test.qcow2`, built by
 //! `cargo run --release -p cairn-image -- image build --test-hooks`) under QEMU
@@ -8,7 +10,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -17,8 +19,15 @@ use cairn_qemu::{Disk, Vm, VmConfig};
 /// Guest ports the test image exposes (see os/init/src/hooks.rs).
 pub const CONTROL_PORT: u16 = 7777;
 pub const ETCD_FORWARD_PORT: u16 = 12379;
+/// kube-apiserver's secure port, forwarded for kubectl.
+pub const APISERVER_PORT: u16 = 6443;
 /// Boot to etcd ready under TCG takes ~15-25 s; leave room for a loaded machine.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Boot to a Ready node with pods running under TCG takes a few minutes.
+pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(600);
+/// The node's name and QEMU user-network DHCP address.
+pub const NODE_NAME: &str = "cairn";
+pub const NODE_IP: &str = "10.0.2.15";
 
 static ONE_VM: Mutex<()> = Mutex::new(());
 
@@ -44,10 +53,50 @@ pub fn test_image() -> PathBuf {
     path
 }
 
-/// VM settings for a node: the control port and the etcd forward.
+/// A generated node configuration: machine config, secrets bundle and admin
+/// kubeconfig, as `cairnctl gen config` writes them. One per test process.
+pub struct NodeFiles {
+    _dir: tempfile::TempDir,
+    pub machine_config: PathBuf,
+    pub secrets: PathBuf,
+}
+
+/// The shared generated configuration of node `cairn` at 10.0.2.15.
+pub fn node_files() -> &'static NodeFiles {
+    static FILES: OnceLock<NodeFiles> = OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = cairnctl::gen_config(&cairnctl::GenOptions {
+            name: NODE_NAME.to_string().try_into().expect("node name"),
+            ip: NODE_IP.parse().expect("ip"),
+            base_config: None,
+            endpoint: None,
+            out_dir: dir.path().to_path_buf(),
+            force: false,
+        })
+        .expect("cairnctl gen config");
+        NodeFiles {
+            machine_config: out.machine_config,
+            secrets: out.secrets,
+            _dir: dir,
+        }
+    })
+}
+
+/// VM settings for a node: its config and secrets through fw_cfg, the control
+/// port, the etcd forward and the API server.
 pub fn node_config() -> VmConfig {
+    let files = node_files();
     VmConfig {
-        forwards: vec![CONTROL_PORT, ETCD_FORWARD_PORT],
+        forwards: vec![CONTROL_PORT, ETCD_FORWARD_PORT, APISERVER_PORT],
+        fw_cfg: vec![
+            (
+                "opt/cairn/machine-config".into(),
+                files.machine_config.clone(),
+            ),
+            ("opt/cairn/secrets".into(), files.secrets.clone()),
+        ],
+        memory_mib: 4096,
         ..VmConfig::default()
     }
 }
@@ -74,48 +123,148 @@ pub fn hook(vm: &Vm, command: &str) -> Result<String> {
     Ok(line)
 }
 
-/// An etcd client through the forward, on its own small runtime.
+/// An etcd client through the forward (mTLS with the bundle's health-check client
+/// certificate), on its own small runtime.
 pub struct Etcd {
     rt: tokio::runtime::Runtime,
     endpoint: String,
+    tls: etcd_client::TlsOptions,
 }
 
 impl Etcd {
     pub fn new(vm: &Vm) -> Etcd {
+        let text = std::fs::read_to_string(&node_files().secrets).expect("secrets");
+        let bundle = cairn_pki::Bundle::from_document(&text).expect("bundle");
+        let file = |p: &str| {
+            bundle
+                .get(p)
+                .unwrap_or_else(|| panic!("{p} in the bundle"))
+                .bytes()
+                .to_vec()
+        };
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(file(
+                cairn_pki::paths::ETCD_CA.crt,
+            )))
+            .identity(etcd_client::Identity::from_pem(
+                file(cairn_pki::paths::ETCD_HEALTHCHECK_CLIENT.crt),
+                file(cairn_pki::paths::ETCD_HEALTHCHECK_CLIENT.key),
+            ));
         Etcd {
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime"),
-            endpoint: format!("127.0.0.1:{}", vm.host_port(ETCD_FORWARD_PORT)),
+            endpoint: format!("https://127.0.0.1:{}", vm.host_port(ETCD_FORWARD_PORT)),
+            tls,
         }
     }
 
-    async fn client(endpoint: &str) -> Result<etcd_client::Client> {
+    async fn client(&self) -> Result<etcd_client::Client> {
         let opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(10));
-        Ok(etcd_client::Client::connect([endpoint], Some(opts)).await?)
+            .with_timeout(Duration::from_secs(10))
+            .with_tls(self.tls.clone());
+        Ok(etcd_client::Client::connect([self.endpoint.as_str()], Some(opts)).await?)
     }
 
     /// Writes a key; returns once etcd acknowledged it (committed to its WAL).
     pub fn put(&self, key: &str, value: &str) -> Result<()> {
         self.rt.block_on(async {
-            Self::client(&self.endpoint)
-                .await?
-                .put(key, value, None)
-                .await?;
+            self.client().await?.put(key, value, None).await?;
             Ok(())
         })
     }
 
     pub fn get(&self, key: &str) -> Result<Option<String>> {
         self.rt.block_on(async {
-            let resp = Self::client(&self.endpoint).await?.get(key, None).await?;
+            let resp = self.client().await?.get(key, None).await?;
             Ok(resp
                 .kvs()
                 .first()
                 .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
         })
+    }
+}
+
+/// kubectl (the pinned build from the component cache) with the admin kubeconfig
+/// pointed at the VM's forwarded API server.
+pub struct Kubectl {
+    binary: PathBuf,
+    kubeconfig: tempfile::NamedTempFile,
+}
+
+impl Kubectl {
+    pub fn new(vm: &Vm) -> Result<Kubectl> {
+        let report = cairn_image::components::cached(&["kubernetes"])?;
+        let binary = report.binary("kubernetes", "kubectl")?;
+        let server = format!("https://127.0.0.1:{}", vm.host_port(APISERVER_PORT));
+        let text = cairnctl::admin_kubeconfig(&node_files().secrets, Some(&server))?;
+        let mut kubeconfig = tempfile::NamedTempFile::new()?;
+        kubeconfig.write_all(text.as_bytes())?;
+        Ok(Kubectl { binary, kubeconfig })
+    }
+
+    /// Runs kubectl; stdout on success, an error with stderr otherwise.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        self.run_with_input(args, None)
+    }
+
+    /// Runs kubectl with `input` on stdin (e.g. `apply -f -`).
+    pub fn run_with_input(&self, args: &[&str], input: Option<&str>) -> Result<String> {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(&self.binary)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig.path())
+            .arg("--request-timeout=20s")
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running kubectl")?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin.write_all(text.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Retries `args` every second until `done(stdout)` holds or `timeout` passes;
+    /// returns the last output or the last error.
+    pub fn wait_until(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let last = self.run(args);
+            match &last {
+                Ok(out) if done(out) => return last,
+                _ if std::time::Instant::now() >= deadline => {
+                    return match last {
+                        Ok(out) => Err(anyhow::anyhow!(
+                            "kubectl {}: condition not met within {timeout:?}; last output:\n{out}",
+                            args.join(" ")
+                        )),
+                        Err(e) => Err(e.context(format!("not met within {timeout:?}"))),
+                    };
+                }
+                _ => std::thread::sleep(Duration::from_secs(1)),
+            }
+        }
     }
 }
