@@ -20,6 +20,8 @@ use cairn_supervisor::{State, Supervisor};
 use tokio::sync::watch;
 
 pub const SECRETS_FW_CFG: &str = "opt/cairn/secrets";
+/// The node's resolvers (written by the network setup).
+const RESOLV_CONF: &str = "/run/cairn/resolv.conf";
 
 /// Takes a bundle handed over through fw_cfg onto STATE (when it differs from the
 /// kept one) and returns the bundle on STATE, or why there is none.
@@ -106,11 +108,19 @@ pub async fn run(
         tracing::error!(event = "kubernetes_not_started", error = ?e.to_string(), "writing the node's configuration failed");
         return;
     }
+    #[cfg(feature = "test-hooks")]
+    if crate::hooks::plain_launch_requested() {
+        match local_client(&node_paths.secrets, paths::SUPER_ADMIN_CONF) {
+            Ok(api) => crate::hooks::plain_launch(plan.specs(), api),
+            Err(e) => tracing::error!(error = ?e, "plain launch: no API client"),
+        }
+        return;
+    }
     if let Err(e) = supervisor.add(plan.specs()).await {
         tracing::error!(event = "kubernetes_not_started", error = ?e.to_string(), "registering the node's services failed");
         return;
     }
-    tracing::info!(event = "kubernetes_starting", node = %cfg.machine.hostname, address = %ip, "node services registered");
+    tracing::info!(event = "kubernetes_starting", node = %cfg.machine.hostname, address = %ip, uptime_ms = crate::console::uptime().as_millis() as u64, "node services registered");
     let secrets = node_paths.secrets.clone();
     tokio::spawn(apply_cluster_objects(
         cfg.clone(),
@@ -151,7 +161,9 @@ async fn apply_cluster_objects(
     supervisor: Supervisor,
     secrets: std::path::PathBuf,
 ) {
-    let objects = match cairn_services::cluster_objects::objects(&cfg) {
+    let upstream_dns = std::fs::read_to_string(RESOLV_CONF)
+        .is_ok_and(|t| t.lines().any(|l| l.trim_start().starts_with("nameserver")));
+    let objects = match cairn_services::cluster_objects::objects(&cfg, upstream_dns) {
         Ok(o) => o,
         Err(e) => {
             return tracing::error!(event = "cluster_objects_failed", error = ?e.to_string(), "rendering the cluster objects failed");

@@ -352,6 +352,7 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
     let (address_tx, address_rx) = tokio::sync::watch::channel(None);
     let net_cfg = cfg.machine.network.clone();
     let host = cfg.machine.hostname.to_string();
+    let service_cidr = cfg.cluster.service_cidr;
     tokio::spawn(async move {
         // An appliance keeps trying: a cable plugged in later or a DHCP server that
         // comes up after us must still bring the node onto the network.
@@ -366,6 +367,25 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
                         gateway = %l.gateway.map(|g| g.to_string()).unwrap_or_default(),
                         "network configured"
                     );
+                    if l.gateway.is_none() {
+                        // Without a default route the kernel refuses connections to
+                        // Service addresses before kube-proxy's rules can rewrite
+                        // them; route the Service CIDR out of the uplink.
+                        let svc = service_cidr;
+                        match crate::net::ifconfig::add_route(
+                            &l.interface,
+                            svc.network(),
+                            svc.prefix(),
+                            None,
+                        ) {
+                            Ok(()) => {
+                                tracing::info!(event = "service_route", cidr = %svc, interface = %l.interface, "no default gateway: Service CIDR routed on the uplink")
+                            }
+                            Err(e) => {
+                                tracing::warn!(event = "service_route_failed", error = ?format!("{e:#}"), "Service addresses unreachable from the node")
+                            }
+                        }
+                    }
                     let _ = address_tx.send(Some(l.address));
                     return;
                 }

@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use crate::files::RenderError;
 
-/// In the order they are applied.
-pub fn objects(cfg: &MachineConfig) -> Result<Vec<Value>, RenderError> {
+/// In the order they are applied; `upstream_dns`: whether the node has resolvers
+/// (see [`crate::coredns::corefile`]).
+pub fn objects(cfg: &MachineConfig, upstream_dns: bool) -> Result<Vec<Value>, RenderError> {
     let mut out = vec![
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -31,7 +32,7 @@ pub fn objects(cfg: &MachineConfig) -> Result<Vec<Value>, RenderError> {
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kube-apiserver-kubelet-client"}]
         }),
     ];
-    out.extend(crate::coredns::objects(cfg)?);
+    out.extend(crate::coredns::objects(cfg, upstream_dns)?);
     Ok(out)
 }
 
@@ -43,7 +44,7 @@ mod tests {
     fn every_object_has_a_path() {
         let cfg = MachineConfig::parse("default", MachineConfig::default_document())
             .expect("default config");
-        let objects = objects(&cfg).expect("objects");
+        let objects = objects(&cfg, false).expect("objects");
         assert!(objects.len() >= 8);
         for o in &objects {
             crate::kubeapi::object_path(o).expect("a REST path");

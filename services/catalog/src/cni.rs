@@ -4,7 +4,8 @@
 //! Configuration: a CNI 1.0.0 conflist named [`NETWORK`]: `bridge` (`cni0`, the
 //! pods' default gateway, masquerading traffic that leaves the pod subnet, hairpin
 //! on so a pod reaches itself through a Service) with `host-local` IPAM over the
-//! node's pod subnet, then `portmap` for `hostPort`s (capability `portMappings`).
+//! node's pod subnet, then `portmap` for `hostPort`s (capability `portMappings`);
+//! both program netfilter with the nftables backend ([`NETFILTER_BACKEND`]).
 //! The pod subnet is a run-time value: the controller-manager allocates each node a
 //! /24 of the cluster's pod CIDR (`Node.spec.podCIDR`), so it is a parameter, checked
 //! against the machine config's pod CIDR.
@@ -39,6 +40,9 @@ pub const NETWORK: &str = "cairn";
 /// The bridge the pods are attached to.
 pub const BRIDGE: &str = "cni0";
 pub const CNI_VERSION: &str = "1.0.0";
+/// The plugins program masquerading and host ports with nftables (through `nft`,
+/// which the image carries; it has no iptables).
+pub const NETFILTER_BACKEND: &str = "nftables";
 
 /// Everything that decides the pod network of this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +99,7 @@ impl CniConfig {
                     bridge: self.bridge.clone(),
                     is_gateway: true,
                     ip_masq: true,
+                    ip_masq_backend: NETFILTER_BACKEND,
                     hairpin_mode: true,
                     ipam: HostLocal {
                         kind: "host-local",
@@ -108,6 +113,7 @@ impl CniConfig {
                 },
                 Portmap {
                     kind: "portmap",
+                    backend: NETFILTER_BACKEND,
                     capabilities: PortmapCapabilities {
                         port_mappings: true,
                     },
@@ -140,6 +146,8 @@ struct Bridge {
     bridge: String,
     is_gateway: bool,
     ip_masq: bool,
+    /// `nftables`: the image has `nft`, not iptables.
+    ip_masq_backend: &'static str,
     hairpin_mode: bool,
     ipam: HostLocal,
 }
@@ -169,6 +177,7 @@ struct Route {
 struct Portmap {
     #[serde(rename = "type")]
     kind: &'static str,
+    backend: &'static str,
     capabilities: PortmapCapabilities,
 }
 

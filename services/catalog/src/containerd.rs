@@ -116,8 +116,9 @@ impl ContainerdConfig {
 pub fn spec(cfg: &ContainerdConfig) -> ServiceSpec {
     ServiceSpec::new(NAME, &cfg.binary)
         .args(cfg.args())
-        // The runc v2 shim and runc are found through PATH as well as BinaryName.
-        .env("PATH", "/usr/bin:/bin")
+        // The runc v2 shim and runc are found through PATH as well as BinaryName;
+        // the CNI plugins it runs need `nft` from /usr/sbin.
+        .env("PATH", "/usr/bin:/usr/sbin:/bin:/sbin")
         .readiness(cfg.readiness())
         .probe_settings(ProbeSettings {
             initial_period: Duration::from_millis(100),

@@ -5,7 +5,8 @@
 //! apply once the API server is ready: a ServiceAccount, a ClusterRole reading
 //! Services, EndpointSlices, Pods and Namespaces and its binding, the Corefile in a
 //! ConfigMap (the `kubernetes` plugin for the cluster domain and reverse zones,
-//! `forward` to the node's resolvers for everything else), a Deployment of one
+//! `forward` to the node's resolvers for everything else when it has any), a
+//! Deployment of one
 //! replica of our locally built image [`IMAGE`] (`imagePullPolicy: Never`: it is
 //! imported at boot, never pulled), and the Service `kube-dns` at the cluster DNS
 //! address kubelet hands to every pod (10.96.0.10 by default).
@@ -25,9 +26,16 @@ pub const IMAGE: &str = "cairn.local/coredns:v1.14.2";
 pub const NAMESPACE: &str = "kube-system";
 pub const NAME: &str = "coredns";
 
-/// The Corefile for the machine config's cluster domain.
-pub fn corefile(cfg: &MachineConfig) -> String {
+/// The Corefile for the machine config's cluster domain. Names outside the cluster
+/// are forwarded to the node's resolvers when it has any (`upstream`); CoreDNS
+/// refuses to start with a `forward` to an empty resolv.conf.
+pub fn corefile(cfg: &MachineConfig, upstream: bool) -> String {
     let domain = &cfg.cluster.dns_domain;
+    let forward = if upstream {
+        "\n    forward . /etc/resolv.conf"
+    } else {
+        ""
+    };
     format!(
         ".:53 {{
     errors
@@ -39,8 +47,7 @@ pub fn corefile(cfg: &MachineConfig) -> String {
         pods insecure
         fallthrough in-addr.arpa ip6.arpa
         ttl 30
-    }}
-    forward . /etc/resolv.conf
+    }}{forward}
     cache 30
     loadbalance
 }}
@@ -48,8 +55,9 @@ pub fn corefile(cfg: &MachineConfig) -> String {
     )
 }
 
-/// Every object of the cluster DNS.
-pub fn objects(cfg: &MachineConfig) -> Result<Vec<Value>, RenderError> {
+/// Every object of the cluster DNS; `upstream`: whether the node has resolvers to
+/// forward other names to.
+pub fn objects(cfg: &MachineConfig, upstream: bool) -> Result<Vec<Value>, RenderError> {
     let ip = cfg.cluster.dns_ip().ok_or_else(|| {
         RenderError::new(
             format!("cluster.serviceCidr {}", cfg.cluster.service_cidr),
@@ -79,7 +87,7 @@ pub fn objects(cfg: &MachineConfig) -> Result<Vec<Value>, RenderError> {
         json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": NAME, "namespace": NAMESPACE},
-            "data": {"Corefile": corefile(cfg)}
+            "data": {"Corefile": corefile(cfg, upstream)}
         }),
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",

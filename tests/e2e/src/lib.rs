@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -86,16 +86,25 @@ pub fn node_files() -> &'static NodeFiles {
 /// VM settings for a node: its config and secrets through fw_cfg, the control
 /// port, the etcd forward and the API server.
 pub fn node_config() -> VmConfig {
-    let files = node_files();
+    node_config_with(Some(&node_files().machine_config), true)
+}
+
+/// Like [`node_config`] with another (or no) machine config, with or without the
+/// secrets bundle.
+pub fn node_config_with(machine_config: Option<&Path>, secrets: bool) -> VmConfig {
+    let mut fw_cfg = Vec::new();
+    if let Some(path) = machine_config {
+        fw_cfg.push(("opt/cairn/machine-config".to_string(), path.to_path_buf()));
+    }
+    if secrets {
+        fw_cfg.push((
+            "opt/cairn/secrets".to_string(),
+            node_files().secrets.clone(),
+        ));
+    }
     VmConfig {
         forwards: vec![CONTROL_PORT, ETCD_FORWARD_PORT, APISERVER_PORT],
-        fw_cfg: vec![
-            (
-                "opt/cairn/machine-config".into(),
-                files.machine_config.clone(),
-            ),
-            ("opt/cairn/secrets".into(), files.secrets.clone()),
-        ],
+        fw_cfg,
         memory_mib: 4096,
         ..VmConfig::default()
     }

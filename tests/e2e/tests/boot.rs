@@ -5,8 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_e2e::{BOOT_TIMEOUT, Etcd, fresh_disk, hook, node_config, one_vm_at_a_time};
-use cairn_qemu::{Regex, Vm, VmConfig};
+use cairn_e2e::{
+    BOOT_TIMEOUT, Etcd, fresh_disk, hook, node_config, node_config_with, one_vm_at_a_time,
+};
+use cairn_qemu::{Regex, Vm};
 
 #[test]
 fn boots_under_uefi_to_etcd_ready() {
@@ -210,10 +212,7 @@ fn garbled_machine_config_is_reported_and_pid1_survives() {
         "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostnme: node-1\n",
     )
     .expect("write config");
-    let cfg = VmConfig {
-        fw_cfg: vec![("opt/cairn/machine-config".into(), config)],
-        ..node_config()
-    };
+    let cfg = node_config_with(Some(&config), true);
     let disk = fresh_disk();
     let vm = Vm::boot(&cfg, &disk).expect("boot");
     let err = vm
@@ -252,19 +251,17 @@ fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
     let good = tmp.path().join("good.yaml");
     std::fs::write(
         &good,
-        "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: node-1\n  network:\n    dhcp: false\n    address: 10.0.2.15/24\n    gateway: 10.0.2.2\n",
+        "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: cairn\n  network:\n    dhcp: false\n    address: 10.0.2.15/24\n    gateway: 10.0.2.2\n",
     )
     .expect("write config");
+    // An invalid CIDR on line 7.
     let bad = tmp.path().join("bad.yaml");
     std::fs::write(
         &bad,
-        "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine: [\n",
+        "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: cairn\ncluster:\n  name: cairn\n  podCidr: 10.244.0.0/33\n",
     )
     .expect("write config");
-    let with = |path: &std::path::Path| VmConfig {
-        fw_cfg: vec![("opt/cairn/machine-config".into(), path.to_path_buf())],
-        ..node_config()
-    };
+    let with = |path: &std::path::Path| node_config_with(Some(path), true);
     let disk = fresh_disk();
 
     // 1. A valid config through fw_cfg: static address, its hostname, etcd up.
@@ -272,7 +269,7 @@ fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
     let loaded = vm
         .wait_for_event("config_loaded", &[("source", "fw_cfg")], BOOT_TIMEOUT)
         .expect("config accepted");
-    assert_eq!(loaded.field("hostname"), Some("node-1"), "{}", loaded.text);
+    assert_eq!(loaded.field("hostname"), Some("cairn"), "{}", loaded.text);
     let machine_id = loaded
         .field("machine_id")
         .expect("machine_id field")
@@ -292,11 +289,11 @@ fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
     drop(vm);
 
     // 2. No config given: the last good one comes from STATE.
-    let mut vm = Vm::boot(&node_config(), &disk).expect("boot without config");
+    let mut vm = Vm::boot(&node_config_with(None, true), &disk).expect("boot without config");
     let loaded = vm
         .wait_for_event("config_loaded", &[("source", "state")], BOOT_TIMEOUT)
         .expect("last good config");
-    assert_eq!(loaded.field("hostname"), Some("node-1"), "{}", loaded.text);
+    assert_eq!(loaded.field("hostname"), Some("cairn"), "{}", loaded.text);
     assert_eq!(
         loaded.field("machine_id"),
         Some(machine_id.as_str()),
@@ -305,13 +302,15 @@ fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
     vm.kill();
     drop(vm);
 
-    // 3. A garbled config is refused; the node keeps the last good one and runs.
-    let vm = Vm::boot(&with(&bad), &disk).expect("boot with garbled config");
+    // 3. A config with an invalid CIDR is refused, naming the field and line; the
+    //    node keeps the last good one and runs.
+    let vm = Vm::boot(&with(&bad), &disk).expect("boot with an invalid config");
     let err = vm
         .wait_for_event("config_error", &[], BOOT_TIMEOUT)
         .expect("refused");
+    let reason = err.field("error").unwrap_or_default();
     assert!(
-        err.field("error").unwrap_or_default().contains("line"),
+        reason.contains("podCidr") && reason.contains("/33") && reason.contains("line 7"),
         "{}",
         err.text
     );
@@ -328,7 +327,60 @@ fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
             Duration::from_secs(10),
         )
         .expect("last good config");
-    assert_eq!(loaded.field("hostname"), Some("node-1"), "{}", loaded.text);
+    assert_eq!(loaded.field("hostname"), Some("cairn"), "{}", loaded.text);
     vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT)
         .expect("etcd still starts");
+}
+
+/// A node whose secrets bundle is missing, or made for another node, says why on
+/// the console, starts no Kubernetes service, and PID 1 stays up and answers.
+#[test]
+fn missing_or_foreign_secrets_are_reported_and_pid1_stays_up() {
+    let _one = one_vm_at_a_time();
+    let tmp = tempfile::tempdir().expect("temp dir");
+
+    // 1. No bundle anywhere.
+    let disk = fresh_disk();
+    let vm = Vm::boot(
+        &node_config_with(Some(&cairn_e2e::node_files().machine_config), false),
+        &disk,
+    )
+    .expect("boot without secrets");
+    let err = vm
+        .wait_for_event("kubernetes_not_started", &[], BOOT_TIMEOUT)
+        .expect("reported");
+    let reason = err.field("error").unwrap_or_default();
+    assert!(
+        reason.contains("no secrets bundle") && reason.contains("opt/cairn/secrets"),
+        "{}",
+        err.text
+    );
+    assert_eq!(hook(&vm, "ping").expect("PID 1 answers"), "pong");
+    drop(vm);
+
+    // 2. The bundle of node `cairn` on a machine configured as `node-b`.
+    let other = tmp.path().join("node-b.yaml");
+    std::fs::write(
+        &other,
+        "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  hostname: node-b\n",
+    )
+    .expect("write config");
+    let disk = fresh_disk();
+    let vm = Vm::boot(&node_config_with(Some(&other), true), &disk).expect("boot");
+    let err = vm
+        .wait_for_event("kubernetes_not_started", &[], BOOT_TIMEOUT)
+        .expect("reported");
+    let reason = err.field("error").unwrap_or_default();
+    assert!(
+        reason.contains("node-b") && reason.contains("pki/apiserver.crt"),
+        "the error names the node and the certificate: {}",
+        err.text
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(hook(&vm, "ping").expect("PID 1 answers"), "pong");
+    let status = hook(&vm, "status").expect("status");
+    assert!(
+        !status.contains("kube-apiserver"),
+        "nothing started: {status}"
+    );
 }

@@ -102,20 +102,36 @@ pub fn set_address(name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
 }
 
 pub fn add_default_route(name: &str, gateway: Ipv4Addr) -> Result<()> {
+    add_route(name, Ipv4Addr::UNSPECIFIED, 0, Some(gateway))
+}
+
+/// Adds a route to `dst/prefix` out of `name`, through `gateway` or on-link; an
+/// existing identical route is fine.
+pub fn add_route(name: &str, dst: Ipv4Addr, prefix: u8, gateway: Option<Ipv4Addr>) -> Result<()> {
     let fd = control_socket()?;
     // SAFETY: rtentry is a plain C struct; all-zero is valid (null rt_dev is set below).
     let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
-    rt.rt_dst = sockaddr_in(Ipv4Addr::UNSPECIFIED);
-    rt.rt_genmask = sockaddr_in(Ipv4Addr::UNSPECIFIED);
-    rt.rt_gateway = sockaddr_in(gateway);
-    rt.rt_flags = (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort;
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    };
+    rt.rt_dst = sockaddr_in(dst);
+    rt.rt_genmask = sockaddr_in(Ipv4Addr::from(mask));
+    let mut flags = libc::RTF_UP;
+    if let Some(gw) = gateway {
+        rt.rt_gateway = sockaddr_in(gw);
+        flags |= libc::RTF_GATEWAY;
+    }
+    rt.rt_flags = flags as libc::c_ushort;
     let mut dev = std::ffi::CString::new(name)?.into_bytes_with_nul();
     rt.rt_dev = dev.as_mut_ptr().cast();
+    let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
     match ioctl(
         &fd,
         libc::SIOCADDRT,
         (&raw mut rt).cast(),
-        &format!("adding default route via {gateway} on {name}"),
+        &format!("adding route {dst}/{prefix}{via} on {name}"),
     ) {
         Err(e)
             if e.root_cause()

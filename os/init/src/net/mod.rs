@@ -5,7 +5,7 @@
 //! no netlink dependency, enough for one uplink.
 
 pub mod dhcp;
-mod ifconfig;
+pub mod ifconfig;
 
 use std::net::Ipv4Addr;
 use std::path::Path;

@@ -1,14 +1,21 @@
-//! Boots a cairn image in QEMU (TCG) with the serial console shown, waits until the
-//! node is up, and powers it off in an orderly way on Ctrl-C (or at once with
-//! `--exit-when-ready`, which CI=true implies).
+//! Boots a cairn image in QEMU (TCG) as a single-node Kubernetes cluster, with the
+//! serial console shown: generates (once, kept in `out/demo/`) the node's machine
+//! config and secrets bundle with `cairnctl gen config`, hands both to the VM
+//! through fw_cfg, forwards the API server to 127.0.0.1, waits until the node is
+//! Ready and CoreDNS runs, and prints how to use kubectl. Ctrl-C powers the VM off
+//! in an orderly way (`--exit-when-ready`, implied by CI=true, does it at once).
 //!
 //! Usage: CAIRN_QEMU_ECHO=1 cairn-demo <image.qcow2> [--exit-when-ready]
 //! (CAIRN_QEMU_ECHO=1 makes the harness copy the console to stderr.)
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use cairn_e2e::{APISERVER_PORT, Kubectl, NODE_IP, NODE_NAME};
 use cairn_qemu::{Disk, Vm, VmConfig};
+
+const TIMEOUT: Duration = Duration::from_secs(900);
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,14 +25,61 @@ fn main() -> Result<()> {
     let exit_when_ready =
         args.iter().any(|a| a == "--exit-when-ready") || std::env::var_os("CI").is_some();
 
-    let disk =
-        Disk::new(std::path::Path::new(image), Some("8G")).context("creating the VM disk")?;
+    let demo = Path::new(image)
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("demo");
+    let (machine_config, secrets) = node_files(&demo)?;
+
+    let disk = Disk::new(Path::new(image), Some("8G")).context("creating the VM disk")?;
     eprintln!("cairn-demo: booting {image} under QEMU (TCG, UEFI); the console follows");
-    let mut vm = Vm::boot(&VmConfig::default(), &disk)?;
-    let ready = vm.wait_for_event("ready", &[("service", "etcd")], Duration::from_secs(300))?;
+    let cfg = VmConfig {
+        forwards: vec![APISERVER_PORT],
+        fw_cfg: vec![
+            ("opt/cairn/machine-config".into(), machine_config),
+            ("opt/cairn/secrets".into(), secrets.clone()),
+        ],
+        memory_mib: 4096,
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::boot(&cfg, &disk)?;
+    let server = format!("https://127.0.0.1:{}", vm.host_port(APISERVER_PORT));
+    let kubeconfig = demo.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        cairnctl::admin_kubeconfig(&secrets, Some(&server))?,
+    )
+    .with_context(|| format!("writing {}", kubeconfig.display()))?;
+
+    let apiserver = vm.wait_for_event("ready", &[("service", "kube-apiserver")], TIMEOUT)?;
+    let kubectl = Kubectl::new(&vm)?;
+    let node = kubectl.wait_until(&["get", "nodes", "--no-headers"], TIMEOUT, |out| {
+        out.lines()
+            .any(|l| l.starts_with(NODE_NAME) && l.split_whitespace().nth(1) == Some("Ready"))
+    })?;
+    let node_ready = vm.started_at().elapsed();
+    kubectl.wait_until(
+        &[
+            "get",
+            "deploy",
+            "-n",
+            "kube-system",
+            "coredns",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ],
+        TIMEOUT,
+        |out| out.trim() == "1",
+    )?;
+    let pods = kubectl.run(&["get", "pods", "-A", "-o", "wide"])?;
+    let kubectl_bin =
+        cairn_image::components::cached(&["kubernetes"])?.binary("kubernetes", "kubectl")?;
     eprintln!(
-        "\ncairn-demo: the node is up — etcd ready {:.1} s after QEMU started. {}",
-        vm.since_start(&ready).as_secs_f64(),
+        "\ncairn-demo: the single-node cluster is up: API server ready {:.0} s and node Ready {:.0} s after QEMU started.\n\n{node}\n{pods}\nUse it from this machine:\n\n  export KUBECONFIG={}\n  {} get nodes\n\n{}",
+        vm.since_start(&apiserver).as_secs_f64(),
+        node_ready.as_secs_f64(),
+        absolute(&kubeconfig).display(),
+        kubectl_bin.display(),
         if exit_when_ready {
             "Powering off."
         } else {
@@ -39,7 +93,33 @@ fn main() -> Result<()> {
         rt.block_on(tokio::signal::ctrl_c())?;
     }
     vm.powerdown()?;
-    let status = vm.wait_exit(Duration::from_secs(60))?;
+    let status = vm.wait_exit(Duration::from_secs(120))?;
     eprintln!("cairn-demo: VM powered off ({status})");
     Ok(())
+}
+
+/// The demo node's machine config and secrets bundle, generated on first use and
+/// kept, so the demo cluster keeps its identity across runs.
+fn node_files(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let machine_config = dir.join(cairnctl::MACHINE_CONFIG_FILE);
+    let secrets = dir.join(cairnctl::SECRETS_FILE);
+    if !(machine_config.is_file() && secrets.is_file()) {
+        cairnctl::gen_config(&cairnctl::GenOptions {
+            name: NODE_NAME.to_string().try_into()?,
+            ip: NODE_IP.parse()?,
+            base_config: None,
+            endpoint: None,
+            out_dir: dir.to_path_buf(),
+            force: true,
+        })?;
+        eprintln!(
+            "cairn-demo: generated the demo node's config and secrets in {}",
+            dir.display()
+        );
+    }
+    Ok((machine_config, secrets))
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
