@@ -250,6 +250,10 @@ fn prepare_data() -> Result<()> {
     for d in ["/var/lib", "/var/log", "/var/log/cairn", "/var/lib/cairn"] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {d}"))?;
     }
+    // Programs still name /var/run (godbus's default system bus address, for one).
+    if std::fs::symlink_metadata("/var/run").is_err() {
+        std::os::unix::fs::symlink("../run", "/var/run").context("linking /var/run to /run")?;
+    }
     Ok(())
 }
 

@@ -18,6 +18,8 @@
 //! read-only port off; no static pods; no certificate rotation or serving-cert
 //! bootstrap yet (the bundle's certificates are used as they are).
 //! Ordering: depends on containerd and, on a control-plane node, on kube-apiserver.
+//! Graceful node shutdown: `DBUS_SYSTEM_BUS_ADDRESS` points at the init's logind
+//! shim, which kubelet holds a shutdown delay lock on.
 //! Readiness: `GET http://127.0.0.1:10248/healthz` ([`Probe::Http`]).
 //! Restart: always, with the supervisor's backoff; SIGTERM and 10 s (pods are
 //! drained before that, through the graceful-shutdown inhibitor).
@@ -197,7 +199,12 @@ pub fn spec(cfg: &KubeletConfig) -> ServiceSpec {
         &deps,
         cfg.readiness(),
     )
+    // Graceful node shutdown: the init's logind shim is the system bus.
+    .env("DBUS_SYSTEM_BUS_ADDRESS", SYSTEM_BUS_ADDRESS)
 }
+
+/// Where kubelet finds logind (`cairn_logind::DEFAULT_SOCKET`).
+pub const SYSTEM_BUS_ADDRESS: &str = "unix:path=/run/dbus/system_bus_socket";
 
 /// `KubeletConfiguration`: only what cairn sets; kubelet defaults the rest.
 #[derive(Serialize)]

@@ -102,6 +102,24 @@ fn wait_event(vm: &Vm, event: &str, fields: &[(&str, &str)], timeout: Duration) 
         })
 }
 
+/// An HTTP GET from the node itself (the test hook) to `ip:80`, retried for up to
+/// a minute: kube-proxy programs a Service's rules shortly after its endpoints
+/// turn ready.
+fn node_get(vm: &Vm, ip: &str, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = hook(vm, &format!("get {}:80 {path}", ip.trim()));
+        match answer {
+            Ok(a) if a.contains(" 200 ") => return a,
+            _ if Instant::now() >= deadline => panic!(
+                "GET {ip}:80{path} from the node: {answer:?}\n--- console ---\n{}",
+                vm.console_tail(40)
+            ),
+            _ => std::thread::sleep(Duration::from_secs(2)),
+        }
+    }
+}
+
 fn node_ready(out: &str) -> bool {
     out.lines()
         .any(|l| l.starts_with(NODE_NAME) && l.split_whitespace().nth(1) == Some("Ready"))
@@ -229,8 +247,7 @@ fn single_node_cluster_end_to_end() {
     let cluster_ip = k
         .run(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
         .expect("cluster ip");
-    let from_node =
-        hook(&vm, &format!("get {}:80 /", cluster_ip.trim())).expect("get from the node");
+    let from_node = node_get(&vm, &cluster_ip, "/");
     assert!(
         from_node.starts_with("HTTP/1.")
             && from_node.contains(" 200 ")
@@ -289,7 +306,7 @@ fn single_node_cluster_end_to_end() {
     let ip = k
         .run(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
         .expect("cluster ip");
-    let records = hook(&vm, &format!("get {}:80 /terminations", ip.trim())).expect("records");
+    let records = node_get(&vm, &ip, "/terminations");
     let before = records.matches("graceful-termination").count();
     vm.skip_to_end();
     vm.powerdown().expect("powerdown");
@@ -304,7 +321,7 @@ fn single_node_cluster_end_to_end() {
     let ip = k
         .run(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
         .expect("cluster ip");
-    let records = hook(&vm, &format!("get {}:80 /terminations", ip.trim())).expect("records");
+    let records = node_get(&vm, &ip, "/terminations");
     let graceful = records.matches("graceful-termination").count();
     eprintln!("termination records after poweroff: {graceful} ({records})");
     assert!(
