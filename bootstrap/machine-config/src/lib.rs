@@ -203,7 +203,8 @@ impl MachineConfig {
             message,
         };
         let cfg: MachineConfig =
-            serde_yaml::from_str(text).map_err(|e| invalid(yaml_message(&e)))?;
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+                .map_err(|e| invalid(path_message(&e)))?;
         cfg.validate().map_err(invalid)?;
         Ok(cfg)
     }
@@ -334,6 +335,19 @@ cluster:
   name: cairn
 ";
 
+/// The full field path (`cluster.podCidr`) in front of serde_yaml's message, which
+/// carries the line; serde_yaml alone names only the enclosing field for values that
+/// fail validation.
+fn path_message(e: &serde_path_to_error::Error<serde_yaml::Error>) -> String {
+    let inner = yaml_message(e.inner());
+    let path = e.path().to_string();
+    if path == "." || inner.starts_with(&path) {
+        inner
+    } else {
+        format!("{path}: {inner}")
+    }
+}
+
 /// serde_yaml's message already carries the field path and `at line L column C`.
 fn yaml_message(e: &serde_yaml::Error) -> String {
     let msg = e.to_string();
@@ -400,7 +414,7 @@ mod tests {
             .expect_err("bad cidr")
             .to_string();
         assert!(
-            err.contains("cluster") && err.contains("/33") && err.contains("line 6"),
+            err.contains("cluster.podCidr") && err.contains("/33") && err.contains("line"),
             "{err}"
         );
     }

@@ -310,7 +310,7 @@ fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
         .expect("refused");
     let reason = err.field("error").unwrap_or_default();
     assert!(
-        reason.contains("podCidr") && reason.contains("/33") && reason.contains("line 7"),
+        reason.contains("cluster.podCidr") && reason.contains("/33") && reason.contains("line"),
         "{}",
         err.text
     );
