@@ -204,11 +204,17 @@ pub struct Kubectl {
 }
 
 impl Kubectl {
+    /// With the test node's bundle ([`node_files`]).
     pub fn new(vm: &Vm) -> Result<Kubectl> {
+        Kubectl::with_secrets(vm, &node_files().secrets)
+    }
+
+    /// With the admin identity of the bundle document `secrets`.
+    pub fn with_secrets(vm: &Vm, secrets: &Path) -> Result<Kubectl> {
         let report = cairn_image::components::cached(&["kubernetes"])?;
         let binary = report.binary("kubernetes", "kubectl")?;
         let server = format!("https://127.0.0.1:{}", vm.host_port(APISERVER_PORT));
-        let text = cairnctl::admin_kubeconfig(&node_files().secrets, Some(&server))?;
+        let text = cairnctl::admin_kubeconfig(secrets, Some(&server))?;
         let mut kubeconfig = tempfile::NamedTempFile::new()?;
         kubeconfig.write_all(text.as_bytes())?;
         Ok(Kubectl { binary, kubeconfig })

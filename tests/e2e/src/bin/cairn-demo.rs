@@ -52,7 +52,7 @@ fn main() -> Result<()> {
     .with_context(|| format!("writing {}", kubeconfig.display()))?;
 
     let apiserver = vm.wait_for_event("ready", &[("service", "kube-apiserver")], TIMEOUT)?;
-    let kubectl = Kubectl::new(&vm)?;
+    let kubectl = Kubectl::with_secrets(&vm, &secrets)?;
     let node = kubectl.wait_until(&["get", "nodes", "--no-headers"], TIMEOUT, |out| {
         out.lines()
             .any(|l| l.starts_with(NODE_NAME) && l.split_whitespace().nth(1) == Some("Ready"))
