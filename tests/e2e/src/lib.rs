@@ -25,6 +25,17 @@ pub const APISERVER_PORT: u16 = 6443;
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Boot to a Ready node with pods running under TCG takes a few minutes.
 pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(600);
+/// The Kubernetes components the init supervises on a node, in start order.
+pub const COMPONENTS: &[&str] = &[
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "containerd",
+    "kubelet",
+    "kube-proxy",
+];
+
 /// The node's name and QEMU user-network DHCP address.
 pub const NODE_NAME: &str = "cairn";
 pub const NODE_IP: &str = "10.0.2.15";

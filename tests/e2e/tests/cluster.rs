@@ -11,20 +11,10 @@
 use std::time::{Duration, Instant};
 
 use cairn_e2e::{
-    CLUSTER_TIMEOUT, Kubectl, NODE_NAME, fresh_disk, hook, node_config, one_vm_at_a_time,
+    CLUSTER_TIMEOUT, COMPONENTS, Kubectl, NODE_NAME, fresh_disk, hook, node_config,
+    one_vm_at_a_time,
 };
 use cairn_qemu::{ConsoleLine, Vm};
-
-/// The components the init supervises, in start order.
-const COMPONENTS: &[&str] = &[
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "containerd",
-    "kubelet",
-    "kube-proxy",
-];
 
 const WORKLOAD: &str = r#"
 apiVersion: apps/v1

@@ -13,18 +13,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cairn_e2e::{CLUSTER_TIMEOUT, Kubectl, NODE_NAME, fresh_disk, hook, node_config};
+use cairn_e2e::{CLUSTER_TIMEOUT, COMPONENTS, Kubectl, NODE_NAME, fresh_disk, hook, node_config};
 use cairn_qemu::Vm;
-
-const SERVICES: &[&str] = &[
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "containerd",
-    "kubelet",
-    "kube-proxy",
-];
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -110,7 +100,7 @@ fn main() -> Result<()> {
                 "cairn-init (PID 1, supervisor inside)".into(),
                 hook(&vm, "rss")?.parse::<f64>()? / 1024.0,
             ));
-            for s in SERVICES {
+            for s in COMPONENTS {
                 let bytes: f64 = hook(&vm, &format!("memory {s}"))?.parse()?;
                 memory.push((s.to_string(), bytes / (1024.0 * 1024.0)));
             }
