@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn holds_every_file_with_the_right_mode() {
         let bundle = generate(&params()).expect("generate");
-        assert_eq!(bundle.len(), 4 * 2 + 8 * 2 + 2 + 6);
+        assert_eq!(bundle.len(), 4 * 2 + 9 * 2 + 2 + 6);
         for (path, secret) in bundle.files() {
             let name = path.to_string_lossy();
             let private = name.ends_with(".key") || name.ends_with(".conf");

@@ -166,6 +166,15 @@ pub(crate) fn leaves(p: &ClusterParams) -> Result<Vec<LeafSpec>, PkiError> {
     kubelet_client.organization = Some("kubeadm:cluster-admins");
     let mut os_admin = leaf(paths::OS_ADMIN, OS_CA, "os:admin", Usage::Client);
     os_admin.organization = Some("os:admin");
+    let mut os_server = leaf(paths::OS_SERVER, OS_CA, node, Usage::Server);
+    os_server.sans = etcd_sans();
+    for extra in &p.extra_sans {
+        os_server.sans.push(match extra.parse::<IpAddr>() {
+            Ok(addr) => ip(addr, "extra SAN"),
+            Err(_) => dns(extra.as_str(), "extra SAN"),
+        });
+    }
+    dedup_sans(&mut os_server.sans);
 
     Ok(vec![
         apiserver,
@@ -191,6 +200,7 @@ pub(crate) fn leaves(p: &ClusterParams) -> Result<Vec<LeafSpec>, PkiError> {
             Usage::Client,
         ),
         os_admin,
+        os_server,
     ])
 }
 

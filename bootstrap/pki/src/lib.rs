@@ -19,6 +19,7 @@
 
 mod bundle;
 mod check;
+mod client;
 mod document;
 mod error;
 mod generate;
@@ -31,6 +32,7 @@ mod store;
 
 pub use bundle::{Bundle, PRIVATE_MODE, PUBLIC_MODE, Secret};
 pub use check::check;
+pub use client::{ClientCert, issue_os_client};
 pub use document::{DOCUMENT_API_VERSION, DOCUMENT_KIND, is_private};
 pub use error::{PkiError, Problem};
 pub use generate::generate;

@@ -37,6 +37,8 @@ pub const ETCD_HEALTHCHECK_CLIENT: CertPaths = pair(
 );
 pub const FRONT_PROXY_CLIENT: CertPaths =
     pair("pki/front-proxy-client.crt", "pki/front-proxy-client.key");
+/// The machine API server's certificate (node name, addresses, loopback).
+pub const OS_SERVER: CertPaths = pair("pki/os/server.crt", "pki/os/server.key");
 /// Client certificate of the machine API's administrator.
 pub const OS_ADMIN: CertPaths = pair("pki/os/admin.crt", "pki/os/admin.key");
 

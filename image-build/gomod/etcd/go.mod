@@ -8,6 +8,8 @@ require go.etcd.io/etcd/server/v3 v3.6.8 // indirect
 
 require go.etcd.io/etcd/etcdctl/v3 v3.6.8 // indirect
 
+require go.etcd.io/etcd/etcdutl/v3 v3.6.8 // indirect
+
 require (
 	github.com/VividCortex/ewma v1.2.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
@@ -85,5 +87,6 @@ require (
 
 tool (
 	go.etcd.io/etcd/etcdctl/v3
+	go.etcd.io/etcd/etcdutl/v3
 	go.etcd.io/etcd/server/v3
 )

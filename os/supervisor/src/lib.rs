@@ -66,4 +66,5 @@ pub use reaper::{reap_all, spawn_reaper};
 pub use spec::{
     LogSettings, MAX_NAME_LEN, ProbeSettings, Resources, RestartPolicy, ServiceSpec, validate_name,
 };
+pub use logs::LogFollower;
 pub use supervisor::{Supervisor, SupervisorConfig, spawn};

@@ -14,6 +14,11 @@ use crate::spec::LogSettings;
 
 /// Longest partial line buffered before it is flushed without a newline.
 const MAX_LINE: usize = 16 * 1024;
+/// Lines a follower may fall behind before it sees `Lagged`.
+const FOLLOW_CAPACITY: usize = 1024;
+
+/// Receives every line a service writes from the moment it was created.
+pub type LogFollower = tokio::sync::broadcast::Receiver<Arc<[u8]>>;
 
 /// The last `capacity` bytes of output, dropping the oldest whole lines.
 #[derive(Debug)]
@@ -146,6 +151,7 @@ pub(crate) struct LogSink {
     service: String,
     ring: LogRing,
     file: Option<RotatingFile>,
+    followers: tokio::sync::broadcast::Sender<Arc<[u8]>>,
 }
 
 pub(crate) type SharedSink = Arc<Mutex<LogSink>>;
@@ -167,11 +173,15 @@ impl LogSink {
             service: service.to_owned(),
             ring: LogRing::new(settings.ring_bytes),
             file,
+            followers: tokio::sync::broadcast::channel(FOLLOW_CAPACITY).0,
         }))
     }
 
     fn line(&mut self, line: &[u8]) {
         self.ring.push(line);
+        if self.followers.receiver_count() > 0 {
+            let _ = self.followers.send(Arc::from(line));
+        }
         if let Some(file) = self.file.as_mut() {
             if let Err(e) = file.write(line) {
                 tracing::warn!(service = %self.service, error = %e, "log file disabled");
@@ -182,6 +192,12 @@ impl LogSink {
 
     pub(crate) fn contents(&self) -> Vec<u8> {
         self.ring.contents()
+    }
+
+    /// Every line from now on; taken under the same lock as [`Self::contents`], so
+    /// nothing falls between the two.
+    pub(crate) fn follow(&self) -> LogFollower {
+        self.followers.subscribe()
     }
 
     /// Closes the log file (the ring stays), so the filesystem holding it can be

@@ -18,7 +18,7 @@ use crate::backoff::BackoffState;
 use crate::cgroup::{Cgroup, CgroupFs, RealFs};
 use crate::error::Error;
 use crate::event::{Event, EventKind, ExitStatusKind, ServiceStatus, State};
-use crate::logs::{self, LogSink, SharedSink};
+use crate::logs::{self, LogFollower, LogSink, SharedSink};
 use crate::order::DepGraph;
 use crate::probe::{self, Probe, ProbeContext};
 use crate::process::{self, Launch};
@@ -69,7 +69,8 @@ enum Msg {
     },
     Logs {
         name: String,
-        reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+        follow: bool,
+        reply: oneshot::Sender<Result<(Vec<u8>, Option<LogFollower>), Error>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -199,7 +200,31 @@ impl Supervisor {
     /// The current contents of the service's in-memory log ring.
     pub async fn logs(&self, name: &str) -> Result<Vec<u8>, Error> {
         let name = name.to_owned();
-        self.request(|reply| Msg::Logs { name, reply }).await?
+        let (contents, _) = self
+            .request(|reply| Msg::Logs {
+                name,
+                follow: false,
+                reply,
+            })
+            .await??;
+        Ok(contents)
+    }
+
+    /// The ring's contents and, atomically with them, a receiver of every line the
+    /// service writes afterwards (across restarts). A follower that falls more than
+    /// 1024 lines behind gets `RecvError::Lagged`.
+    pub async fn follow_logs(&self, name: &str) -> Result<(Vec<u8>, LogFollower), Error> {
+        let name = name.to_owned();
+        let (contents, follower) = self
+            .request(|reply| Msg::Logs {
+                name: name.clone(),
+                follow: true,
+                reply,
+            })
+            .await??;
+        follower
+            .map(|f| (contents, f))
+            .ok_or_else(|| unknown(&name))
     }
 
     /// Every event from now on. A receiver that falls more than 1024 events behind
@@ -289,11 +314,18 @@ impl Actor {
             } => {
                 let _ = reply.send(self.signal(&name, signal));
             }
-            Msg::Logs { name, reply } => {
+            Msg::Logs {
+                name,
+                follow,
+                reply,
+            } => {
                 let result = self
                     .services
                     .get(&name)
-                    .map(|s| logs::lock(&s.sink).contents())
+                    .map(|s| {
+                        let sink = logs::lock(&s.sink);
+                        (sink.contents(), follow.then(|| sink.follow()))
+                    })
                     .ok_or_else(|| unknown(&name));
                 let _ = reply.send(result);
             }
