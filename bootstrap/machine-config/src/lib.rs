@@ -20,6 +20,10 @@ pub const KIND: &str = "MachineConfig";
 /// a test keeps the two equal).
 pub const KUBERNETES_VERSION: &str = "v1.36.3";
 
+/// Where a node keeps its last good machine config (the STATE partition); the
+/// machine API writes a newly applied config here, read at the next boot.
+pub const STATE_PATH: &str = "/state/machine.yaml";
+
 /// A parsed, validated machine configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -1,8 +1,10 @@
 //! Where the machine config comes from, and what happens when it is bad.
 //!
 //! Sources, first match wins: QEMU fw_cfg `opt/cairn/machine-config` (how tests and
-//! VMs inject a config), then the last good config kept on the STATE partition,
-//! then the default embedded in this build. A config that does not validate is
+//! VMs inject a config) when it is new, then the last good config kept on the STATE
+//! partition, then the default embedded in this build. A fw_cfg config is new when
+//! it differs from the one taken last time (kept beside it), so a config applied
+//! later through the machine API is not undone by the same fw_cfg at the next boot. A config that does not validate is
 //! reported on the console with its reason (field and line) and never replaces the
 //! last good one; with no good config to fall back on, the boot cannot continue.
 
@@ -36,13 +38,16 @@ impl std::fmt::Display for Source {
 pub struct Locations {
     pub fw_cfg: PathBuf,
     pub state: PathBuf,
+    /// The fw_cfg config taken last time.
+    pub taken_fw_cfg: PathBuf,
 }
 
 impl Locations {
     pub fn node() -> Locations {
         Locations {
             fw_cfg: Path::new(FW_CFG_DIR).join(FW_CFG_NAME).join("raw"),
-            state: PathBuf::from("/state/machine.yaml"),
+            state: PathBuf::from(cairn_machine_config::STATE_PATH),
+            taken_fw_cfg: PathBuf::from("/state/machine.fw_cfg.yaml"),
         }
     }
 }
@@ -50,13 +55,20 @@ impl Locations {
 /// Picks the config; persists a newly accepted fw_cfg config as the last good one.
 pub fn load(loc: &Locations) -> Result<(MachineConfig, Source)> {
     let last_good = read_valid(&loc.state);
-    if let Ok(text) = std::fs::read_to_string(&loc.fw_cfg) {
+    let fw_cfg = std::fs::read_to_string(&loc.fw_cfg).ok();
+    let seen_before = fw_cfg.is_some()
+        && std::fs::read_to_string(&loc.taken_fw_cfg).ok() == fw_cfg
+        && last_good.is_some();
+    if let Some(text) = fw_cfg.filter(|_| !seen_before) {
         match MachineConfig::parse(&format!("machine config from fw_cfg {FW_CFG_NAME}"), &text) {
             Ok(cfg) => {
                 if last_good.as_ref().map(|(c, _)| c) != Some(&cfg) {
                     if let Err(e) = crate::fsutil::write_durable(&loc.state, text.as_bytes()) {
                         tracing::warn!(event = "config_not_saved", error = ?format!("{e:#}"), "could not keep the config on STATE");
                     }
+                }
+                if let Err(e) = crate::fsutil::write_durable(&loc.taken_fw_cfg, text.as_bytes()) {
+                    tracing::warn!(event = "config_not_saved", error = ?format!("{e:#}"), "could not record the fw_cfg config as taken");
                 }
                 return Ok((cfg, Source::FwCfg));
             }
@@ -113,6 +125,7 @@ mod tests {
         Locations {
             fw_cfg: dir.join("fw_cfg"),
             state: dir.join("state/machine.yaml"),
+            taken_fw_cfg: dir.join("state/machine.fw_cfg.yaml"),
         }
     }
 
@@ -138,6 +151,23 @@ mod tests {
             ("node-7", Source::FwCfg)
         );
         assert_eq!(std::fs::read_to_string(&l.state).expect("kept"), GOOD);
+    }
+
+    #[test]
+    fn a_config_applied_later_survives_the_same_fw_cfg() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let l = locs(tmp.path());
+        std::fs::write(&l.fw_cfg, GOOD).expect("write");
+        load(&l).expect("first boot");
+        // The machine API keeps a new config on STATE.
+        let applied = GOOD.replace("node-7", "node-8");
+        std::fs::write(&l.state, &applied).expect("apply");
+        let (cfg, src) = load(&l).expect("second boot");
+        assert_eq!((cfg.machine.hostname.as_str(), src), ("node-8", Source::State));
+        // A different fw_cfg config is new again, and wins.
+        std::fs::write(&l.fw_cfg, GOOD.replace("node-7", "node-9")).expect("write");
+        let (cfg, src) = load(&l).expect("third boot");
+        assert_eq!((cfg.machine.hostname.as_str(), src), ("node-9", Source::FwCfg));
     }
 
     #[test]

@@ -390,6 +390,10 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
                             }
                         }
                     }
+                    // For the machine API's node info.
+                    if let Err(e) = write("/run/cairn/node-ip", format!("{}\n", l.address)) {
+                        tracing::warn!(error = ?format!("{e:#}"), "could not record the node address");
+                    }
                     let _ = address_tx.send(Some(l.address));
                     return;
                 }
@@ -417,12 +421,32 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
         }
     };
 
+    // The machine API server asks PID 1 for what only it can do (services, logs,
+    // reboot) on a root-only socket; its power requests join the signals below.
+    let (control_power_tx, mut control_power_rx) = mpsc::unbounded_channel();
+    if let Err(e) = cairn_control::serve(
+        cairn_control::ServeConfig {
+            socket: cairn_control::SOCKET.into(),
+            cgroup_root: Some(SERVICES_CGROUP.into()),
+        },
+        supervisor.clone(),
+        control_power_tx,
+    ) {
+        tracing::error!(event = "control_socket_failed", socket = cairn_control::SOCKET, error = ?e.to_string(), "no control socket: the machine API cannot manage this node");
+    }
+
     let secrets = crate::node::take_secrets(
         &Path::new(crate::config::FW_CFG_DIR)
             .join(crate::node::SECRETS_FW_CFG)
             .join("raw"),
         Path::new(cairn_services::SECRETS_DIR),
     );
+    if secrets.is_ok() {
+        let apid = cairn_services::apid::spec(&cairn_services::Paths::node());
+        if let Err(e) = supervisor.add(vec![apid]).await {
+            tracing::error!(event = "apid_failed", error = ?e.to_string(), "the machine API server was not registered");
+        }
+    }
     tokio::spawn(crate::node::run(
         cfg.clone(),
         supervisor.clone(),
@@ -439,6 +463,10 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
         _ = sigpwr.recv() => Action::Poweroff,
         _ = sigusr2.recv() => Action::Poweroff,
         _ = power_rx.recv() => Action::Poweroff,
+        Some(requested) = control_power_rx.recv() => match requested {
+            cairn_control::PowerAction::Reboot => Action::Reboot,
+            cairn_control::PowerAction::Poweroff => Action::Poweroff,
+        },
     };
     shutdown::run(action, &supervisor, logind.as_ref()).await
 }

@@ -12,6 +12,7 @@
 //! Not for: running anything. The init hands these [`ServiceSpec`]s to the
 //! supervisor (`cairn-supervisor`), which owns processes, ordering and restarts.
 
+pub mod apid;
 pub mod cluster_objects;
 pub mod cni;
 mod component;
