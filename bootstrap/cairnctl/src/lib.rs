@@ -4,14 +4,18 @@
 //!   counterpart of `talosctl gen config`), plus an admin kubeconfig.
 //! - [`admin_kubeconfig`]: the admin kubeconfig out of a bundle, pointed at a chosen
 //!   server URL (e.g. a forwarded port on 127.0.0.1).
-//!
-//! Not for: talking to a running node (that is the machine API's job).
+//! - [`gen_client`]: a client config for the machine API with a chosen role.
+//! - [`clientconfig`] and [`connect`]: reaching a node's machine API.
+
+pub mod clientconfig;
+pub mod connect;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use cairn_machine_config::{Hostname, MachineConfig};
+use cairn_api::Role;
 use cairn_pki::{Bundle, ClusterParams, OffsetDateTime, paths};
 
 /// What `gen config` writes.
@@ -20,6 +24,8 @@ pub struct Generated {
     pub machine_config: PathBuf,
     pub secrets: PathBuf,
     pub admin_kubeconfig: PathBuf,
+    /// The machine API client config (role os:admin).
+    pub client_config: PathBuf,
 }
 
 /// Options of `gen config`.
@@ -60,6 +66,7 @@ pub fn gen_config(opts: &GenOptions) -> Result<Generated> {
     let bundle = cairn_pki::generate(&params).context("generating the secrets bundle")?;
     let secrets = bundle.to_document()?;
     let admin = kubeconfig_text(&bundle, None)?;
+    let client = client_config_text(&bundle, &[opts.ip.to_string()], "admin", Role::Admin)?;
 
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("creating {}", opts.out_dir.display()))?;
@@ -67,9 +74,15 @@ pub fn gen_config(opts: &GenOptions) -> Result<Generated> {
         machine_config: opts.out_dir.join(MACHINE_CONFIG_FILE),
         secrets: opts.out_dir.join(SECRETS_FILE),
         admin_kubeconfig: opts.out_dir.join(ADMIN_KUBECONFIG_FILE),
+        client_config: opts.out_dir.join(clientconfig::FILE),
     };
     if !opts.force {
-        for p in [&out.machine_config, &out.secrets, &out.admin_kubeconfig] {
+        for p in [
+            &out.machine_config,
+            &out.secrets,
+            &out.admin_kubeconfig,
+            &out.client_config,
+        ] {
             if p.exists() {
                 bail!(
                     "{} exists; pass --force to replace it (its cluster's secrets would be lost)",
@@ -85,17 +98,64 @@ pub fn gen_config(opts: &GenOptions) -> Result<Generated> {
         admin.as_bytes(),
         cairn_pki::PRIVATE_MODE,
     )?;
+    write_file(
+        &out.client_config,
+        client.as_bytes(),
+        cairn_pki::PRIVATE_MODE,
+    )?;
     Ok(out)
+}
+
+/// How long a client certificate from [`gen_client`] is valid.
+pub const CLIENT_VALIDITY_DAYS: i64 = 365;
+
+/// A machine-API client config for `name` with `role`, signed by the bundle's CA,
+/// for `endpoints`; written to `out` (0600).
+pub fn gen_client(
+    secrets_document: &Path,
+    name: &str,
+    role: Role,
+    endpoints: &[String],
+    out: &Path,
+    force: bool,
+) -> Result<()> {
+    let bundle = read_bundle(secrets_document)?;
+    if out.exists() && !force {
+        bail!("{} exists; pass --force to replace it", out.display());
+    }
+    let text = client_config_text(&bundle, endpoints, name, role)?;
+    write_file(out, text.as_bytes(), cairn_pki::PRIVATE_MODE)
+}
+
+fn client_config_text(
+    bundle: &Bundle,
+    endpoints: &[String],
+    name: &str,
+    role: Role,
+) -> Result<String> {
+    if endpoints.is_empty() {
+        bail!("a client config needs at least one endpoint");
+    }
+    let cert = cairn_pki::issue_os_client(
+        bundle,
+        name,
+        role.organization(),
+        OffsetDateTime::now_utc() - cairn_pki::Duration::minutes(5),
+        cairn_pki::Duration::days(CLIENT_VALIDITY_DAYS),
+    )?;
+    clientconfig::ClientConfig::new(bundle, endpoints.to_vec(), cert)?.to_yaml()
+}
+
+fn read_bundle(secrets_document: &Path) -> Result<Bundle> {
+    let text = std::fs::read_to_string(secrets_document)
+        .with_context(|| format!("reading {}", secrets_document.display()))?;
+    Bundle::from_document(&text).with_context(|| format!("reading {}", secrets_document.display()))
 }
 
 /// The bundle's admin kubeconfig, with every cluster's server replaced by `server`
 /// when given.
 pub fn admin_kubeconfig(secrets_document: &Path, server: Option<&str>) -> Result<String> {
-    let text = std::fs::read_to_string(secrets_document)
-        .with_context(|| format!("reading {}", secrets_document.display()))?;
-    let bundle = Bundle::from_document(&text)
-        .with_context(|| format!("reading {}", secrets_document.display()))?;
-    kubeconfig_text(&bundle, server)
+    kubeconfig_text(&read_bundle(secrets_document)?, server)
 }
 
 fn kubeconfig_text(bundle: &Bundle, server: Option<&str>) -> Result<String> {
@@ -103,6 +163,11 @@ fn kubeconfig_text(bundle: &Bundle, server: Option<&str>) -> Result<String> {
         .get(paths::ADMIN_CONF)
         .with_context(|| format!("the secrets bundle has no {}", paths::ADMIN_CONF))?;
     let text = std::str::from_utf8(conf.bytes()).context("admin.conf is not UTF-8")?;
+    with_server(text, server)
+}
+
+/// A kubeconfig with every cluster's server replaced by `server` when given.
+pub fn with_server(text: &str, server: Option<&str>) -> Result<String> {
     let Some(server) = server else {
         return Ok(text.to_string());
     };

@@ -41,4 +41,4 @@ pub use store::Existing;
 
 /// Re-exported so callers can build [`ClusterParams`] without naming the crates.
 pub use cairn_machine_config::{Cidr, Hostname};
-pub use time::OffsetDateTime;
+pub use time::{Duration, OffsetDateTime};
