@@ -38,6 +38,10 @@ pub struct EtcdConfig {
     pub metrics_port: u16,
     /// `None`: plain HTTP on loopback (a node without a secrets bundle).
     pub tls: Option<EtcdTls>,
+    /// Another address clients may reach etcd on besides loopback (the node's, for
+    /// the other control-plane nodes and operators' tools); only with TLS, where
+    /// every client needs a certificate from the etcd CA.
+    pub extra_client_address: Option<std::net::IpAddr>,
 }
 
 /// The certificate files etcd serves and is probed with (PEM paths).
@@ -79,6 +83,7 @@ impl EtcdConfig {
             peer_port: PEER_PORT,
             metrics_port: METRICS_PORT,
             tls: None,
+            extra_client_address: None,
         }
     }
 
@@ -101,10 +106,18 @@ impl EtcdConfig {
     pub fn args(&self) -> Vec<String> {
         let peer = format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port);
         let client = self.client_url();
+        let mut listen = client.clone();
+        if let Some(ip) = self
+            .extra_client_address
+            .filter(|ip| self.tls.is_some() && !ip.is_loopback())
+        {
+            let host = std::net::SocketAddr::new(ip, self.client_port);
+            listen.push_str(&format!(",https://{host}"));
+        }
         let mut args = vec![
             format!("--name={}", self.member_name),
             format!("--data-dir={}", self.data_dir.display()),
-            format!("--listen-client-urls={client}"),
+            format!("--listen-client-urls={listen}"),
             format!("--advertise-client-urls={client}"),
             format!("--listen-peer-urls={peer}"),
             format!("--initial-advertise-peer-urls={peer}"),
@@ -226,6 +239,21 @@ mod tests {
         assert!(args.contains(&"--name=cairn".to_string()));
         assert!(args.contains(&"--data-dir=/var/lib/etcd".to_string()));
         assert!(args.contains(&"--initial-cluster=cairn=http://127.0.0.1:2380".to_string()));
+    }
+
+    #[test]
+    fn the_node_address_is_served_only_with_tls() {
+        let mut plain = cfg();
+        plain.extra_client_address = Some("10.0.2.15".parse().expect("ip"));
+        assert!(
+            plain
+                .args()
+                .contains(&"--listen-client-urls=http://127.0.0.1:2379".to_string())
+        );
+        let tls = plain.with_tls(EtcdTls::from_bundle(Path::new("/s")));
+        assert!(tls.args().contains(
+            &"--listen-client-urls=https://127.0.0.1:2379,https://10.0.2.15:2379".to_string()
+        ));
     }
 
     #[test]

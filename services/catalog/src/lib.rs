@@ -184,6 +184,7 @@ pub fn control_plane(
     etcd.client_port = opts.ports.etcd_client;
     etcd.peer_port = opts.ports.etcd_peer;
     etcd.metrics_port = opts.ports.etcd_metrics;
+    etcd.extra_client_address = Some(opts.advertise_ip);
 
     let mut apiserver =
         kube_apiserver::ApiserverConfig::from_machine(cfg, paths, opts.advertise_ip);
@@ -243,7 +244,7 @@ mod tests {
         assert!(
             specs[0]
                 .args
-                .contains(&"--listen-client-urls=https://127.0.0.1:12379".into())
+                .contains(&"--listen-client-urls=https://127.0.0.1:12379,https://10.0.2.15:12379".into())
         );
         assert!(
             specs[1]
