@@ -167,10 +167,12 @@ const MERGED_USR: &[(&str, &str)] = &[
 
 #[derive(Debug, Clone)]
 pub struct ImageOptions {
-    /// Base name of the outputs (`cairn`, or `cairn-test` for the test image).
+    /// Base name of the outputs (`cairn`, or `cairn-bench` for the benchmark image).
     pub name: String,
     /// The `cairn-init` binary to install.
     pub init: PathBuf,
+    /// The machine API server to install.
+    pub apid: PathBuf,
     pub out_dir: PathBuf,
     pub offline: bool,
     /// Extra kernel command-line words.
@@ -348,8 +350,9 @@ fn system_tree(
     for (link, target) in MERGED_USR {
         t.symlink(link, target)?;
     }
-    let mut dynamic = vec![opts.init.clone()];
+    let mut dynamic = vec![opts.init.clone(), opts.apid.clone()];
     t.copy(&opts.init, "/usr/bin/cairn-init", 0o755)?;
+    t.copy(&opts.apid, "/usr/bin/cairn-apid", 0o755)?;
     for (component, binary) in UPSTREAM_BINARIES {
         t.copy(
             &report.binary(component, binary)?,

@@ -33,17 +33,19 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ImageCmd {
-    /// Build cairn-init and the disk image (`<out>/<name>.raw` and `.qcow2`).
+    /// Build cairn-init, cairn-apid and the disk image (`<out>/<name>.raw` and `.qcow2`).
     Build {
-        /// Build the test image: the init with its test-only control port.
+        /// Build the benchmark image (`cairn-bench`): an init that can also start the
+        /// node's services unsupervised, to measure what supervision costs.
         #[arg(long)]
-        test_hooks: bool,
+        bench: bool,
         /// Output directory.
         #[arg(long, default_value = "out")]
         out: PathBuf,
-        /// Use a prebuilt cairn-init instead of building it with cargo.
+        /// Use prebuilt binaries (a directory holding cairn-init and cairn-apid)
+        /// instead of building them with cargo.
         #[arg(long)]
-        init: Option<PathBuf>,
+        binaries: Option<PathBuf>,
         /// Use only the component cache.
         #[arg(long)]
         offline: bool,
@@ -135,22 +137,24 @@ fn run() -> Result<()> {
             println!("{}", path.display());
         }
         Cmd::Image(ImageCmd::Build {
-            test_hooks,
+            bench,
             out,
-            init,
+            binaries,
             offline,
         }) => {
-            let init = match init {
-                Some(path) => path,
-                None => build_init(test_hooks)?,
+            let dir = match binaries {
+                Some(dir) => dir,
+                None => build_binaries(bench)?,
             };
-            let name = if test_hooks { "cairn-test" } else { "cairn" };
+            let (init, apid) = (dir.join("cairn-init"), dir.join("cairn-apid"));
+            let name = if bench { "cairn-bench" } else { "cairn" };
             let summary = image::build(
                 &lock,
                 &cache,
                 &ImageOptions {
                     name: name.into(),
                     init,
+                    apid,
                     out_dir: out,
                     offline,
                     cmdline_extra: String::new(),
@@ -162,15 +166,11 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Builds cairn-init in release mode; the test-hooks variant in its own target dir
-/// so the two binaries never overwrite each other.
-fn build_init(test_hooks: bool) -> Result<PathBuf> {
+/// Builds cairn-init and cairn-apid in release mode and returns their directory;
+/// the benchmark variant in its own target dir so the two never overwrite each other.
+fn build_binaries(bench: bool) -> Result<PathBuf> {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = workspace.join(if test_hooks {
-        "target/test-hooks"
-    } else {
-        "target"
-    });
+    let target = workspace.join(if bench { "target/bench" } else { "target" });
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
     cmd.current_dir(&workspace)
@@ -180,17 +180,19 @@ fn build_init(test_hooks: bool) -> Result<PathBuf> {
             "--locked",
             "-p",
             "cairn-init",
+            "-p",
+            "cairn-apid",
             "--target-dir",
         ])
         .arg(&target);
-    if test_hooks {
-        cmd.args(["--features", "test-hooks"]);
+    if bench {
+        cmd.args(["--features", "cairn-init/bench-plain"]);
     }
     eprintln!(
-        "image: building cairn-init{}",
-        if test_hooks { " (test hooks)" } else { "" }
+        "image: building cairn-init and cairn-apid{}",
+        if bench { " (benchmark variant)" } else { "" }
     );
-    let status = cmd.status().context("running cargo to build cairn-init")?;
-    anyhow::ensure!(status.success(), "building cairn-init failed ({status})");
-    Ok(target.join("release/cairn-init"))
+    let status = cmd.status().context("running cargo to build cairn-init and cairn-apid")?;
+    anyhow::ensure!(status.success(), "building cairn-init and cairn-apid failed ({status})");
+    Ok(target.join("release"))
 }

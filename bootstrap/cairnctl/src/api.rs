@@ -345,6 +345,7 @@ struct VersionView {
     kubernetes_version: String,
     machine_id: String,
     uptime_seconds: u64,
+    init_rss_bytes: u64,
 }
 
 impl From<proto::VersionReply> for VersionView {
@@ -358,6 +359,7 @@ impl From<proto::VersionReply> for VersionView {
             kubernetes_version: v.kubernetes_version,
             machine_id: v.machine_id,
             uptime_seconds: v.uptime_seconds,
+            init_rss_bytes: v.init_rss_bytes,
         }
     }
 }

@@ -11,6 +11,8 @@
 //! PID 1 must never exit: every error path ends in [`fatal::halt`], which shows the
 //! reason on the console and reboots after a countdown (or holds, for debugging).
 
+#[cfg(feature = "bench-plain")]
+mod bench;
 mod block;
 mod cmdline;
 mod config;
@@ -18,8 +20,6 @@ mod console;
 mod fatal;
 mod fsutil;
 mod gpt_grow;
-#[cfg(feature = "test-hooks")]
-mod hooks;
 mod kmod;
 mod net;
 mod node;

@@ -108,10 +108,10 @@ pub async fn run(
         tracing::error!(event = "kubernetes_not_started", error = ?e.to_string(), "writing the node's configuration failed");
         return;
     }
-    #[cfg(feature = "test-hooks")]
-    if crate::hooks::plain_launch_requested() {
+    #[cfg(feature = "bench-plain")]
+    if crate::bench::plain_launch_requested() {
         match local_client(&node_paths.secrets, paths::SUPER_ADMIN_CONF) {
-            Ok(api) => crate::hooks::plain_launch(plan.specs(), api),
+            Ok(api) => crate::bench::plain_launch(plan.specs(), api),
             Err(e) => tracing::error!(error = ?e, "plain launch: no API client"),
         }
         return;

@@ -454,9 +454,6 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
         address_rx,
     ));
 
-    #[cfg(feature = "test-hooks")]
-    crate::hooks::spawn(supervisor.clone());
-
     let action = tokio::select! {
         _ = sigint.recv() => Action::Reboot,
         _ = sigterm.recv() => Action::Reboot,

@@ -1,14 +1,13 @@
-//! Shared helpers for the end-to-end tests: the test image, booting a node with a
-//! generated machine config and secrets bundle (QEMU fw_cfg), the test-only control
-//! port, etcd (mTLS) through the test image's port forward, and kubectl against the
-//! forwarded API server.
+//! Shared helpers for the end-to-end tests: the image, booting a node with a
+//! generated machine config and secrets bundle (QEMU fw_cfg), `cairnctl` against
+//! the node's machine API, etcd (mTLS) and kubectl through forwarded ports.
 //!
-//! The tests boot the real disk image (`out/cairn-test.qcow2`, built by
-//! `cargo run --release -p cairn-image -- image build --test-hooks`) under QEMU
-//! with TCG. They run one VM at a time: the machine has two cores.
+//! The tests boot the real disk image users get (`out/cairn.qcow2`, built by
+//! `cargo run --release -p cairn-image -- image build`) under QEMU with TCG; it has
+//! no test-only entry: everything goes through the machine API. They run one VM at
+//! a time: the machine has two cores.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -16,9 +15,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use cairn_qemu::{Disk, Vm, VmConfig};
 
-/// Guest ports the test image exposes (see os/init/src/hooks.rs).
-pub const CONTROL_PORT: u16 = 7777;
-pub const ETCD_FORWARD_PORT: u16 = 12379;
+/// The machine API (cairn-apid).
+pub const API_PORT: u16 = 50000;
+/// etcd's client port (mTLS; the node listens on its address too).
+pub const ETCD_PORT: u16 = 2379;
 /// kube-apiserver's secure port, forwarded for kubectl.
 pub const APISERVER_PORT: u16 = 6443;
 /// Boot to etcd ready under TCG takes ~15-25 s; leave room for a loaded machine.
@@ -49,16 +49,18 @@ pub fn one_vm_at_a_time() -> MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The test image: `$CAIRN_TEST_IMAGE` or `<workspace>/out/cairn-test.qcow2`.
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The image: `$CAIRN_TEST_IMAGE` or `<workspace>/out/cairn.qcow2`.
 pub fn test_image() -> PathBuf {
     let path = std::env::var_os("CAIRN_TEST_IMAGE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../out/cairn-test.qcow2")
-        });
+        .unwrap_or_else(|| workspace().join("out/cairn.qcow2"));
     assert!(
         path.is_file(),
-        "test image {} is missing: build it with `cargo run --release -p cairn-image -- image build --test-hooks`",
+        "image {} is missing: build it with `cargo run --release -p cairn-image -- image build`",
         path.display()
     );
     path
@@ -70,6 +72,8 @@ pub struct NodeFiles {
     _dir: tempfile::TempDir,
     pub machine_config: PathBuf,
     pub secrets: PathBuf,
+    /// The machine API client config (os:admin).
+    pub client_config: PathBuf,
 }
 
 /// The shared generated configuration of node `cairn` at 10.0.2.15.
@@ -89,13 +93,14 @@ pub fn node_files() -> &'static NodeFiles {
         NodeFiles {
             machine_config: out.machine_config,
             secrets: out.secrets,
+            client_config: out.client_config,
             _dir: dir,
         }
     })
 }
 
-/// VM settings for a node: its config and secrets through fw_cfg, the control
-/// port, the etcd forward and the API server.
+/// VM settings for a node: its config and secrets through fw_cfg; the machine
+/// API, etcd and the API server forwarded.
 pub fn node_config() -> VmConfig {
     node_config_with(Some(&node_files().machine_config), true)
 }
@@ -114,37 +119,154 @@ pub fn node_config_with(machine_config: Option<&Path>, secrets: bool) -> VmConfi
         ));
     }
     VmConfig {
-        forwards: vec![CONTROL_PORT, ETCD_FORWARD_PORT, APISERVER_PORT],
+        forwards: vec![API_PORT, ETCD_PORT, APISERVER_PORT],
         fw_cfg,
         memory_mib: 4096,
         ..VmConfig::default()
     }
 }
 
-/// A fresh 4 GiB disk over the test image.
+/// A fresh 4 GiB disk over the image ([`test_image`]).
 pub fn fresh_disk() -> Disk {
-    Disk::new(&test_image(), Some("4G")).expect("creating a qcow2 overlay over the test image")
+    fresh_disk_of(&test_image())
 }
 
-/// Sends one command to the test-only control port and returns the answer line.
-pub fn hook(vm: &Vm, command: &str) -> Result<String> {
-    let addr = ("127.0.0.1", vm.host_port(CONTROL_PORT));
-    let mut conn = TcpStream::connect(addr).context("connecting to the test control port")?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    conn.write_all(format!("{command}\n").as_bytes())?;
-    let mut line = String::new();
-    BufReader::new(conn)
-        .read_line(&mut line)
-        .context("reading the control port's answer")?;
-    let line = line.trim().to_string();
-    if line.starts_with("error") {
-        bail!("control port refused {command:?}: {line}");
+/// A fresh 4 GiB disk over `image`.
+pub fn fresh_disk_of(image: &Path) -> Disk {
+    Disk::new(image, Some("4G")).expect("creating a qcow2 overlay over the image")
+}
+
+/// The benchmark image (`cairn-image image build --bench`): the image plus the
+/// init's unsupervised plain-launch mode.
+pub fn bench_image() -> PathBuf {
+    let path = workspace().join("out/cairn-bench.qcow2");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo run --release -p cairn-image -- image build --bench`",
+        path.display()
+    );
+    path
+}
+
+/// `cairnctl`, the real CLI binary, talking to the VM's forwarded machine API with
+/// the test node's admin client config (or another one).
+pub struct Cairnctl {
+    binary: PathBuf,
+    config: PathBuf,
+    node: String,
+}
+
+/// What one `cairnctl` run printed and how it exited.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Cairnctl {
+    /// As the node's administrator ([`node_files`]).
+    pub fn new(vm: &Vm) -> Cairnctl {
+        Cairnctl::with_config(vm, &node_files().client_config)
     }
-    Ok(line)
+
+    pub fn with_config(vm: &Vm, config: &Path) -> Cairnctl {
+        Cairnctl {
+            binary: cairnctl_binary(),
+            config: config.to_path_buf(),
+            node: format!("127.0.0.1:{}", vm.host_port(API_PORT)),
+        }
+    }
+
+    /// The command for `args`, with the config and the node set.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.arg("--cairnconfig")
+            .arg(&self.config)
+            .args(["--nodes", &self.node])
+            .args(args)
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    /// Runs it to the end, whatever the exit code.
+    pub fn output(&self, args: &[&str]) -> Result<CliOutput> {
+        let out = self.command(args).output().context("running cairnctl")?;
+        Ok(CliOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// stdout of a successful run; an error with stderr otherwise.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let out = self.output(args)?;
+        if out.code != 0 {
+            bail!(
+                "cairnctl {} exited {}: {}",
+                args.join(" "),
+                out.code,
+                out.stderr.trim()
+            );
+        }
+        Ok(out.stdout)
+    }
+
+    /// `args` with `-o json`, parsed.
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let text = self.run(&all)?;
+        serde_json::from_str(&text).with_context(|| format!("cairnctl output: {text}"))
+    }
+
+    /// `cairnctl services`: each service's name and state.
+    pub fn services(&self) -> Result<Vec<(String, String)>> {
+        let v = self.json(&["services"])?;
+        Ok(v.as_array()
+            .context("services: not a list")?
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap_or_default().to_owned(),
+                    s["state"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect())
+    }
+
+    /// Retries until the machine API answers `version` (it starts with the node).
+    pub fn wait_for_api(&self, timeout: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.run(&["version"]) {
+                Ok(_) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    return Err(e.context(format!("the machine API did not answer within {timeout:?}")));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
 }
 
-/// An etcd client through the forward (mTLS with the bundle's health-check client
-/// certificate), on its own small runtime.
+/// `$CAIRNCTL`, else the workspace's release build, else its debug build.
+pub fn cairnctl_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAIRNCTL") {
+        return PathBuf::from(p);
+    }
+    for profile in ["release", "debug"] {
+        let p = workspace().join("target").join(profile).join("cairnctl");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("cairnctl is not built: run `cargo build --release -p cairnctl` (or set $CAIRNCTL)");
+}
+
+/// An etcd client through the forwarded client port (mTLS with the bundle's
+/// health-check client certificate), on its own small runtime.
 pub struct Etcd {
     rt: tokio::runtime::Runtime,
     endpoint: String,
@@ -175,7 +297,7 @@ impl Etcd {
                 .enable_all()
                 .build()
                 .expect("tokio runtime"),
-            endpoint: format!("https://127.0.0.1:{}", vm.host_port(ETCD_FORWARD_PORT)),
+            endpoint: format!("https://127.0.0.1:{}", vm.host_port(ETCD_PORT)),
             tls,
         }
     }
@@ -207,6 +329,11 @@ impl Etcd {
     }
 }
 
+/// `https://127.0.0.1:<host port of the guest's 6443>`.
+pub fn forwarded_apiserver(vm: &Vm) -> String {
+    format!("https://127.0.0.1:{}", vm.host_port(APISERVER_PORT))
+}
+
 /// kubectl (the pinned build from the component cache) with the admin kubeconfig
 /// pointed at the VM's forwarded API server.
 pub struct Kubectl {
@@ -222,10 +349,20 @@ impl Kubectl {
 
     /// With the admin identity of the bundle document `secrets`.
     pub fn with_secrets(vm: &Vm, secrets: &Path) -> Result<Kubectl> {
+        let text = cairnctl::admin_kubeconfig(secrets, Some(&forwarded_apiserver(vm)))?;
+        Kubectl::with_kubeconfig(&text)
+    }
+
+    /// With the kubeconfig the node's machine API hands out (`cairnctl kubeconfig`),
+    /// pointed at the forwarded API server.
+    pub fn from_machine_api(vm: &Vm) -> Result<Kubectl> {
+        let text = Cairnctl::new(vm).run(&["kubeconfig", "--server", &forwarded_apiserver(vm)])?;
+        Kubectl::with_kubeconfig(&text)
+    }
+
+    pub fn with_kubeconfig(text: &str) -> Result<Kubectl> {
         let report = cairn_image::components::cached(&["kubernetes"])?;
         let binary = report.binary("kubernetes", "kubectl")?;
-        let server = format!("https://127.0.0.1:{}", vm.host_port(APISERVER_PORT));
-        let text = cairnctl::admin_kubeconfig(secrets, Some(&server))?;
         let mut kubeconfig = tempfile::NamedTempFile::new()?;
         kubeconfig.write_all(text.as_bytes())?;
         Ok(Kubectl { binary, kubeconfig })

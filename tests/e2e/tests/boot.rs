@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use cairn_e2e::{
-    BOOT_TIMEOUT, Etcd, fresh_disk, hook, node_config, node_config_with, one_vm_at_a_time,
+    BOOT_TIMEOUT, Cairnctl, Etcd, fresh_disk, node_config, node_config_with, one_vm_at_a_time,
 };
 use cairn_qemu::{Regex, Vm};
 
@@ -51,16 +51,29 @@ fn boots_under_uefi_to_etcd_ready() {
         .rev()
         .find(|l| l.event() == Some("started") && l.field("service") == Some("etcd"))
         .expect("started line");
-    let pid = started.field("pid").expect("pid field").to_string();
-    let procs = hook(&vm, "cgroup etcd").expect("cgroup of etcd");
-    assert!(
-        procs.split_whitespace().any(|p| p == pid),
-        "etcd pid {pid} not in its cgroup: {procs}"
-    );
-    assert!(hook(&vm, "status").expect("status").contains("etcd=Ready"));
-    let rss_kib: u64 = hook(&vm, "rss").expect("rss").parse().expect("rss in KiB");
+    let pid: i64 = started
+        .field("pid")
+        .expect("pid field")
+        .parse()
+        .expect("pid");
+    let ctl = Cairnctl::new(&vm);
+    ctl.wait_for_api(BOOT_TIMEOUT).expect("machine API up");
+    let services = ctl.json(&["services"]).expect("cairnctl services");
+    let etcd = services
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|s| s["name"] == "etcd")
+        .expect("etcd listed")
+        .clone();
+    assert_eq!(etcd["state"], "ready", "{etcd}");
+    assert_eq!(etcd["pid"].as_i64(), Some(pid), "{etcd}");
+    // Memory is read from etcd's own cgroup v2 group (memory.current).
+    assert!(etcd["memory_bytes"].as_u64().unwrap_or(0) > 1 << 20, "{etcd}");
+    let version = ctl.json(&["version"]).expect("cairnctl version");
+    let rss_kib = version["init_rss_bytes"].as_u64().expect("init_rss_bytes") / 1024;
     eprintln!("cairn-init resident memory: {rss_kib} KiB");
-    assert!(rss_kib < 16 * 1024, "PID 1 uses {rss_kib} KiB");
+    assert!(rss_kib > 0 && rss_kib < 16 * 1024, "PID 1 uses {rss_kib} KiB");
 }
 
 #[test]
@@ -74,11 +87,11 @@ fn etcd_killed_with_sigkill_is_back_within_5s() {
     etcd.put("/e2e/before-kill", "1")
         .expect("write before the kill");
 
+    let ctl = Cairnctl::new(&vm);
+    ctl.wait_for_api(BOOT_TIMEOUT).expect("machine API up");
     let t0 = Instant::now();
-    assert_eq!(
-        hook(&vm, "kill etcd SIGKILL").expect("kill through the test hook"),
-        "ok"
-    );
+    ctl.run(&["service", "kill", "etcd", "--signal", "KILL"])
+        .expect("kill through the machine API");
     let exited = vm
         .wait_for_event("exited", &[("service", "etcd")], Duration::from_secs(10))
         .expect("etcd exit seen");
@@ -355,7 +368,22 @@ fn missing_or_foreign_secrets_are_reported_and_pid1_stays_up() {
         "{}",
         err.text
     );
-    assert_eq!(hook(&vm, "ping").expect("PID 1 answers"), "pong");
+    // PID 1 stays up: no panic, no reboot, and no machine API without a bundle.
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = vm.lines();
+    assert!(
+        !lines.iter().any(|l| l.text.contains("Kernel panic")),
+        "{}",
+        vm.console_tail(20)
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.event() == Some("root_switched"))
+            .count(),
+        1,
+        "the node rebooted"
+    );
     drop(vm);
 
     // 2. The bundle of node `cairn` on a machine configured as `node-b`.
@@ -377,10 +405,14 @@ fn missing_or_foreign_secrets_are_reported_and_pid1_stays_up() {
         err.text
     );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(hook(&vm, "ping").expect("PID 1 answers"), "pong");
-    let status = hook(&vm, "status").expect("status");
+    // PID 1 answers through the machine API (which needs only the bundle), and no
+    // Kubernetes service was registered.
+    let ctl = Cairnctl::new(&vm);
+    ctl.wait_for_api(BOOT_TIMEOUT).expect("machine API up");
+    let services = ctl.services().expect("services");
     assert!(
-        !status.contains("kube-apiserver"),
-        "nothing started: {status}"
+        services.iter().any(|(n, s)| n == "apid" && s == "ready")
+            && !services.iter().any(|(n, _)| n == "kube-apiserver"),
+        "nothing but the API server started: {services:?}"
     );
 }

@@ -1,17 +1,23 @@
-//! The single-node Kubernetes acceptance, on the real test image under QEMU (TCG):
-//! every component comes up under the init, the node turns Ready, kubectl from the
-//! host sees it, a Deployment + ClusterIP Service of our web server work from a pod
-//! (by DNS name, through CoreDNS) and from the node, every component killed with
-//! SIGKILL comes back, an orderly reboot keeps the cluster's objects, and a
-//! poweroff lets the pods stop gracefully first.
+//! The single-node Kubernetes acceptance, on the real image under QEMU (TCG), driven
+//! through the machine API (`cairnctl`) and kubectl: every component comes up under
+//! the init and `cairnctl services` shows it ready, the node turns Ready, kubectl
+//! with the kubeconfig from `cairnctl kubeconfig` sees it, a Deployment + ClusterIP
+//! Service of our web server work from a pod (by DNS name, through CoreDNS) and
+//! from the node's own network, `cairnctl logs -f etcd` streams, every component
+//! killed with SIGKILL (`cairnctl service kill`) comes back, `cairnctl restart
+//! kubelet` brings the node Ready again, `cairnctl reboot` keeps the cluster's
+//! objects, and a poweroff lets the pods stop gracefully first.
 //!
 //! One VM carries the whole scenario: a boot to a Ready node costs minutes under
 //! TCG, so the steps share it, in order, and each prints what it measured.
 
 use std::time::{Duration, Instant};
 
+use std::io::Read as _;
+use std::sync::{Arc, Mutex};
+
 use cairn_e2e::{
-    CLUSTER_TIMEOUT, COMPONENTS, Kubectl, NODE_NAME, fresh_disk, hook, node_config,
+    CLUSTER_TIMEOUT, COMPONENTS, Cairnctl, Kubectl, NODE_NAME, fresh_disk, node_config,
     one_vm_at_a_time,
 };
 use cairn_qemu::{ConsoleLine, Vm};
@@ -92,21 +98,104 @@ fn wait_event(vm: &Vm, event: &str, fields: &[(&str, &str)], timeout: Duration) 
         })
 }
 
-/// An HTTP GET from the node itself (the test hook) to `ip:80`, retried for up to
-/// a minute: kube-proxy programs a Service's rules shortly after its endpoints
-/// turn ready.
-fn node_get(vm: &Vm, ip: &str, path: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// An HTTP GET from the node's own network namespace (a hostNetwork Job running
+/// our web client) to `ip:80`, retried for up to a minute: kube-proxy programs a
+/// Service's rules shortly after its endpoints turn ready. Returns the body.
+fn node_get(k: &Kubectl, vm: &Vm, job: &str, ip: &str, path: &str) -> String {
+    let manifest = format!(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: {job}, namespace: default}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      hostNetwork: true
+      restartPolicy: Never
+      containers:
+      - name: get
+        image: cairn.local/webtest:v1
+        imagePullPolicy: Never
+        args: [get, "http://{ip}:80{path}", --retries, "30", --retry-delay-ms, "2000"]
+"#,
+        ip = ip.trim()
+    );
+    k.run_with_input(&["apply", "-f", "-"], Some(&manifest))
+        .expect("apply the node-side client");
+    k.wait_until(
+        &["get", "job", job, "-o", "jsonpath={.status.succeeded}"],
+        Duration::from_secs(180),
+        |out| out.trim() == "1",
+    )
+    .unwrap_or_else(|e| {
+        let logs = k.run(&["logs", &format!("job/{job}")]).unwrap_or_default();
+        panic!(
+            "GET {ip}:80{path} from the node: {e:#}\nlogs:\n{logs}\n--- console ---\n{}",
+            vm.console_tail(40)
+        )
+    });
+    k.run(&["logs", &format!("job/{job}")]).expect("node-side client logs")
+}
+
+/// `cairnctl logs -f <service>` running in the background, its output collected.
+struct Follow {
+    child: std::process::Child,
+    out: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Follow {
+    fn start(ctl: &Cairnctl, service: &str) -> Follow {
+        let mut child = ctl
+            .command(&["logs", "-f", service])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("cairnctl logs -f");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        Follow { child, out }
+    }
+
+    fn len(&self) -> usize {
+        self.out.lock().expect("lock").len()
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `cairnctl services` shows every one of `names` ready.
+fn wait_services_ready(ctl: &Cairnctl, names: &[&str], timeout: Duration) -> Vec<(String, String)> {
+    let deadline = Instant::now() + timeout;
     loop {
-        let answer = hook(vm, &format!("get {}:80 {path}", ip.trim()));
-        match answer {
-            Ok(a) if a.contains(" 200 ") => return a,
-            _ if Instant::now() >= deadline => panic!(
-                "GET {ip}:80{path} from the node: {answer:?}\n--- console ---\n{}",
-                vm.console_tail(40)
-            ),
-            _ => std::thread::sleep(Duration::from_secs(2)),
+        let services = ctl.services();
+        if let Ok(list) = &services {
+            if names
+                .iter()
+                .all(|n| list.iter().any(|(name, state)| name == n && state == "ready"))
+            {
+                return list.clone();
+            }
         }
+        assert!(
+            Instant::now() < deadline,
+            "cairnctl services: not all of {names:?} ready: {services:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
@@ -179,8 +268,17 @@ fn single_node_cluster_end_to_end() {
     timeline.push(("cluster objects applied".into(), vm.since_start(&objects)));
     timeline.sort_by_key(|(_, at)| *at);
 
-    // 2. kubectl from the host: the node and the system pods.
-    let k = Kubectl::new(&vm).expect("kubectl");
+    // `cairnctl services` lists every component (and the API server itself) ready.
+    let ctl = Cairnctl::new(&vm);
+    let mut all: Vec<&str> = COMPONENTS.to_vec();
+    all.push("apid");
+    let services = wait_services_ready(&ctl, &all, Duration::from_secs(60));
+    eprintln!("{}", ctl.run(&["services"]).expect("cairnctl services"));
+    assert!(services.len() > COMPONENTS.len(), "{services:?}");
+
+    // 2. kubectl from the host, with the kubeconfig from `cairnctl kubeconfig`: the
+    //    node and the system pods.
+    let k = Kubectl::from_machine_api(&vm).expect("kubectl with cairnctl's kubeconfig");
     wait_node_ready(&k, &vm, CLUSTER_TIMEOUT);
     timeline.push((
         "node Ready (seen by kubectl)".into(),
@@ -237,20 +335,20 @@ fn single_node_cluster_end_to_end() {
     let cluster_ip = k
         .run(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
         .expect("cluster ip");
-    let from_node = node_get(&vm, &cluster_ip, "/");
-    assert!(
-        from_node.starts_with("HTTP/1.")
-            && from_node.contains(" 200 ")
-            && from_node.contains("web-"),
-        "from the node: {from_node}"
-    );
+    let from_node = node_get(&k, &vm, "node-get", &cluster_ip, "/");
+    assert!(from_node.contains("web-"), "from the node: {from_node}");
 
-    // 4. SIGKILL each component; it comes back and the node is Ready again.
+    // 4. SIGKILL each component through the machine API; it comes back and the node
+    //    is Ready again. `cairnctl logs -f etcd` streams etcd's restart.
+    let follow = Follow::start(&ctl, "etcd");
+    std::thread::sleep(Duration::from_secs(3));
+    let before_kill = follow.len();
     let mut recoveries = Vec::new();
     for c in COMPONENTS {
         vm.skip_to_end();
         let t = Instant::now();
-        hook(&vm, &format!("kill {c} SIGKILL")).expect("kill");
+        ctl.run(&["service", "kill", c, "--signal", "KILL"])
+            .expect("cairnctl service kill");
         wait_event(&vm, "ready", &[("service", c)], Duration::from_secs(180));
         let back = t.elapsed();
         wait_node_ready(&k, &vm, Duration::from_secs(180));
@@ -264,15 +362,24 @@ fn single_node_cluster_end_to_end() {
             ready.as_secs_f64()
         );
     }
-    assert!(
-        hook(&vm, "status")
-            .expect("status")
-            .contains("kubelet=Ready")
+    let streamed = follow.len() - before_kill;
+    eprintln!("cairnctl logs -f etcd: {streamed} bytes streamed after etcd's restart");
+    assert!(streamed > 0, "no etcd output streamed after the kill");
+    drop(follow);
+
+    // `cairnctl restart kubelet`: the node is Ready again.
+    let t = Instant::now();
+    ctl.run(&["restart", "kubelet"]).expect("cairnctl restart kubelet");
+    wait_services_ready(&ctl, &["kubelet"], Duration::from_secs(120));
+    wait_node_ready(&k, &vm, Duration::from_secs(180));
+    eprintln!(
+        "cairnctl restart kubelet -> node Ready again in {:.1}s",
+        t.elapsed().as_secs_f64()
     );
 
-    // 5. An orderly reboot keeps the cluster's objects; the pods come back.
+    // 5. `cairnctl reboot`: orderly; the cluster's objects stay, the pods come back.
     vm.skip_to_end();
-    vm.ctrl_alt_del().expect("ctrl-alt-del");
+    ctl.run(&["reboot"]).expect("cairnctl reboot");
     wait_event(&vm, "shutdown_done", &[], Duration::from_secs(180));
     let rebooted = vm.cursor();
     wait_event_since(
@@ -296,7 +403,7 @@ fn single_node_cluster_end_to_end() {
     let ip = k
         .run(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
         .expect("cluster ip");
-    let records = node_get(&vm, &ip, "/terminations");
+    let records = node_get(&k, &vm, "terminations-before", &ip, "/terminations");
     let before = records.matches("graceful-termination").count();
     vm.skip_to_end();
     vm.powerdown().expect("powerdown");
@@ -311,7 +418,7 @@ fn single_node_cluster_end_to_end() {
     let ip = k
         .run(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
         .expect("cluster ip");
-    let records = node_get(&vm, &ip, "/terminations");
+    let records = node_get(&k, &vm, "terminations-after", &ip, "/terminations");
     let graceful = records.matches("graceful-termination").count();
     eprintln!("termination records after poweroff: {graceful} ({records})");
     assert!(

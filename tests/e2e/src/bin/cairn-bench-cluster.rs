@@ -5,15 +5,19 @@
 //! - init and per-service memory with the cluster up;
 //! - supervision overhead: time from handing the services over to the API server
 //!   being ready, under cairn's supervisor vs. the same commands started all at
-//!   once (the test image's plain-launch mode), in alternating pairs of boots.
+//!   once (the benchmark image's plain-launch mode), in alternating pairs of boots
+//!   of `out/cairn-bench.qcow2`.
 //!
-//! Usage: cairn-bench-cluster [--boots N] [--pairs M]   (after
-//! `cairn-image image build --test-hooks`, from the workspace root)
+//! Usage: cairn-bench-cluster [--boots N] [--pairs M]   (after `cairn-image image
+//! build` and `image build --bench`, from the workspace root)
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cairn_e2e::{CLUSTER_TIMEOUT, COMPONENTS, Kubectl, NODE_NAME, fresh_disk, hook, node_config};
+use cairn_e2e::{
+    CLUSTER_TIMEOUT, COMPONENTS, Cairnctl, Kubectl, NODE_NAME, bench_image, fresh_disk,
+    fresh_disk_of, node_config,
+};
 use cairn_qemu::Vm;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -96,12 +100,21 @@ fn main() -> Result<()> {
         eprintln!("boot {}: {row:.1?}", i + 1);
         if i == 0 {
             std::thread::sleep(Duration::from_secs(20));
+            let ctl = Cairnctl::new(&vm);
+            let version = ctl.json(&["version"])?;
             memory.push((
                 "cairn-init (PID 1, supervisor inside)".into(),
-                hook(&vm, "rss")?.parse::<f64>()? / 1024.0,
+                version["init_rss_bytes"].as_f64().context("init_rss_bytes")? / (1024.0 * 1024.0),
             ));
-            for s in COMPONENTS {
-                let bytes: f64 = hook(&vm, &format!("memory {s}"))?.parse()?;
+            let services = ctl.json(&["services"])?;
+            for s in COMPONENTS.iter().chain(&["apid"]) {
+                let bytes = services
+                    .as_array()
+                    .context("services")?
+                    .iter()
+                    .find(|v| v["name"] == *s)
+                    .and_then(|v| v["memory_bytes"].as_f64())
+                    .with_context(|| format!("no memory for {s}"))?;
                 memory.push((s.to_string(), bytes / (1024.0 * 1024.0)));
             }
         }
@@ -113,7 +126,7 @@ fn main() -> Result<()> {
     let mut supervised = Vec::new();
     let mut plain = Vec::new();
     for _ in 0..pairs {
-        let disk = fresh_disk();
+        let disk = fresh_disk_of(&bench_image());
         let mut vm = Vm::boot(&node_config(), &disk)?;
         let start = vm.wait_for_event("kubernetes_starting", &[], CLUSTER_TIMEOUT)?;
         let ready = vm.wait_for_event(
@@ -124,7 +137,7 @@ fn main() -> Result<()> {
         supervised.push((field_ms(&ready, "uptime_ms")? - field_ms(&start, "uptime_ms")?) / 1000.0);
         vm.kill();
 
-        let disk = fresh_disk();
+        let disk = fresh_disk_of(&bench_image());
         let mut cfg = node_config();
         cfg.fw_cfg.push((
             "opt/cairn/bench-plain".into(),

@@ -2,13 +2,13 @@
 //! (median of N boots of the test image), PID 1's resident memory, and image sizes.
 //!
 //! Usage: cairn-bench [--boots N]   (run from the workspace root after
-//! `cairn-image image build --test-hooks` and `image build`)
+//! `cairn-image image build`; `cargo build --release -p cairnctl`)
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cairn_e2e::{BOOT_TIMEOUT, fresh_disk, hook, node_config};
+use cairn_e2e::{BOOT_TIMEOUT, Cairnctl, fresh_disk, node_config};
 use cairn_qemu::{Regex, Vm};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -56,7 +56,15 @@ fn main() -> Result<()> {
             samples[k].push(vm.since_start(l).as_secs_f64());
         }
         std::thread::sleep(Duration::from_secs(2));
-        rss.push(hook(&vm, "rss")?.parse::<f64>()? / 1024.0);
+        let ctl = Cairnctl::new(&vm);
+        ctl.wait_for_api(BOOT_TIMEOUT)?;
+        let version = ctl.json(&["version"])?;
+        rss.push(
+            version["init_rss_bytes"]
+                .as_f64()
+                .context("no init_rss_bytes")?
+                / (1024.0 * 1024.0),
+        );
         eprintln!(
             "boot {}: etcd ready {:.2} s",
             i + 1,
@@ -77,7 +85,7 @@ fn main() -> Result<()> {
         "cairn-init resident memory with etcd ready: {:.1} MiB (median)",
         median(rss)
     );
-    for name in ["cairn", "cairn-test"] {
+    for name in ["cairn", "cairn-bench"] {
         let json = Path::new("out").join(format!("{name}.json"));
         if let Ok(text) = std::fs::read_to_string(&json) {
             let v: serde_json::Value = serde_json::from_str(&text)?;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cairn_e2e::{APISERVER_PORT, Kubectl, NODE_IP, NODE_NAME};
+use cairn_e2e::{API_PORT, APISERVER_PORT, Cairnctl, Kubectl, NODE_IP, NODE_NAME};
 use cairn_qemu::{Disk, Vm, VmConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -34,7 +34,7 @@ fn main() -> Result<()> {
     let disk = Disk::new(Path::new(image), Some("8G")).context("creating the VM disk")?;
     eprintln!("cairn-demo: booting {image} under QEMU (TCG, UEFI); the console follows");
     let cfg = VmConfig {
-        forwards: vec![APISERVER_PORT],
+        forwards: vec![APISERVER_PORT, API_PORT],
         fw_cfg: vec![
             ("opt/cairn/machine-config".into(), machine_config),
             ("opt/cairn/secrets".into(), secrets.clone()),
@@ -43,16 +43,22 @@ fn main() -> Result<()> {
         ..VmConfig::default()
     };
     let mut vm = Vm::boot(&cfg, &disk)?;
+    // cairnctl's client config, pointed at the forwarded machine API.
+    let cairnconfig = demo.join(cairnctl::clientconfig::FILE);
+    let mut client = cairnctl::clientconfig::ClientConfig::load(&cairnconfig)?;
+    client.endpoints = vec![format!("127.0.0.1:{}", vm.host_port(API_PORT))];
+    std::fs::write(&cairnconfig, client.to_yaml()?)
+        .with_context(|| format!("writing {}", cairnconfig.display()))?;
+    let ctl = Cairnctl::with_config(&vm, &cairnconfig);
+    ctl.wait_for_api(TIMEOUT)?;
+    // The kubeconfig, from the node through the machine API.
     let server = format!("https://127.0.0.1:{}", vm.host_port(APISERVER_PORT));
     let kubeconfig = demo.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        cairnctl::admin_kubeconfig(&secrets, Some(&server))?,
-    )
-    .with_context(|| format!("writing {}", kubeconfig.display()))?;
+    std::fs::write(&kubeconfig, ctl.run(&["kubeconfig", "--server", &server])?)
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
 
     let apiserver = vm.wait_for_event("ready", &[("service", "kube-apiserver")], TIMEOUT)?;
-    let kubectl = Kubectl::with_secrets(&vm, &secrets)?;
+    let kubectl = Kubectl::with_kubeconfig(&std::fs::read_to_string(&kubeconfig)?)?;
     let node = kubectl.wait_until(&["get", "nodes", "--no-headers"], TIMEOUT, |out| {
         out.lines()
             .any(|l| l.starts_with(NODE_NAME) && l.split_whitespace().nth(1) == Some("Ready"))
@@ -72,14 +78,17 @@ fn main() -> Result<()> {
         |out| out.trim() == "1",
     )?;
     let pods = kubectl.run(&["get", "pods", "-A", "-o", "wide"])?;
+    let services = ctl.run(&["services"])?;
     let kubectl_bin =
         cairn_image::components::cached(&["kubernetes"])?.binary("kubernetes", "kubectl")?;
     eprintln!(
-        "\ncairn-demo: the single-node cluster is up: API server ready {:.0} s and node Ready {:.0} s after QEMU started.\n\n{node}\n{pods}\nUse it from this machine:\n\n  export KUBECONFIG={}\n  {} get nodes\n\n{}",
+        "\ncairn-demo: the single-node cluster is up: API server ready {:.0} s and node Ready {:.0} s after QEMU started.\n\n{node}\n{pods}\n{services}\nUse it from this machine:\n\n  export KUBECONFIG={}\n  {} get nodes\n  export CAIRNCONFIG={}\n  {} services\n\n{}",
         vm.since_start(&apiserver).as_secs_f64(),
         node_ready.as_secs_f64(),
         absolute(&kubeconfig).display(),
         kubectl_bin.display(),
+        absolute(&cairnconfig).display(),
+        absolute(&cairn_e2e::cairnctl_binary()).display(),
         if exit_when_ready {
             "Powering off."
         } else {
@@ -103,7 +112,13 @@ fn main() -> Result<()> {
 fn node_files(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let machine_config = dir.join(cairnctl::MACHINE_CONFIG_FILE);
     let secrets = dir.join(cairnctl::SECRETS_FILE);
-    if !(machine_config.is_file() && secrets.is_file()) {
+    let current = machine_config.is_file()
+        && dir.join(cairnctl::clientconfig::FILE).is_file()
+        && std::fs::read_to_string(&secrets)
+            .ok()
+            .and_then(|t| cairn_pki::Bundle::from_document(&t).ok())
+            .is_some_and(|b| b.get(cairn_pki::paths::OS_SERVER.crt).is_some());
+    if !current {
         cairnctl::gen_config(&cairnctl::GenOptions {
             name: NODE_NAME.to_string().try_into()?,
             ip: NODE_IP.parse()?,
