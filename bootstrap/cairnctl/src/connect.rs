@@ -31,6 +31,8 @@ pub async fn connect(cfg: &ClientConfig, endpoint: &str) -> Result<MachineClient
             let (tls, name, target) = (tls.clone(), name.clone(), target.clone());
             async move {
                 let tcp = TcpStream::connect(&target).await?;
+                // Small gRPC frames: no Nagle delay.
+                tcp.set_nodelay(true)?;
                 let stream = TlsConnector::from(tls).connect(name, tcp).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(stream))
             }
