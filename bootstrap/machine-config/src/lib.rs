@@ -24,6 +24,9 @@ pub const KUBERNETES_VERSION: &str = "v1.36.3";
 /// machine API writes a newly applied config here, read at the next boot.
 pub const STATE_PATH: &str = "/state/machine.yaml";
 
+mod durable;
+pub use durable::write_durable;
+
 /// A parsed, validated machine configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -38,11 +41,13 @@ pub struct MachineConfig {
     pub gitops: Option<GitSource>,
 }
 
-/// A git repository the cluster follows.
+/// A git repository the cluster follows, and how the reconciler treats it.
+/// Every field but `url` has a default; see docs/gitops.md.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GitSource {
-    /// `https://`, `ssh://` (or `user@host:path`) or `file://` URL.
+    /// `https://`, `ssh://` or `file://` URL. An HTTPS token may sit in the
+    /// userinfo (`https://x-access-token:TOKEN@host/repo.git`) or in `auth`.
     pub url: String,
     /// A branch (default `main`), a tag or an exact commit; at most one of the three.
     #[serde(default)]
@@ -57,6 +62,134 @@ pub struct GitSource {
     /// Seconds between polls (default 30).
     #[serde(default)]
     pub interval_seconds: Option<u32>,
+    /// Seconds every network operation may take (default 60).
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
+    /// Credentials: a token or user/password for HTTPS, a private key for SSH.
+    #[serde(default)]
+    pub auth: GitAuth,
+    /// Extra CA (PEM) the HTTPS server's certificate is checked against.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// `known_hosts` lines; required for `ssh://` URLs.
+    #[serde(default)]
+    pub known_hosts: Option<String>,
+    /// Commit signatures and history rewrites.
+    #[serde(default)]
+    pub trust: GitTrust,
+    /// The HTTPS receiver that starts a fetch at once (off unless a secret is set).
+    #[serde(default)]
+    pub webhook: Option<GitWebhook>,
+    #[serde(default)]
+    pub prune: GitPrune,
+    #[serde(default)]
+    pub health: GitHealth,
+    /// Namespace for namespaced objects that name none (default: refuse them).
+    #[serde(default)]
+    pub default_namespace: Option<String>,
+    /// Largest manifest file accepted, in bytes (default 1 MiB).
+    #[serde(default)]
+    pub max_file_bytes: Option<u64>,
+    /// Objects written at once within a stage (default 16).
+    #[serde(default)]
+    pub concurrency: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitAuth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// OpenSSH private key (PEM text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key_passphrase: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitTrust {
+    /// When any key is set, every commit between the last applied one and the new
+    /// head must be signed by one of them. `ssh-ed25519 AAAA...` lines.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// ASCII-armored OpenPGP public keys.
+    #[serde(default)]
+    pub pgp_keys: Vec<String>,
+    /// Accept a new head that does not descend from the last applied commit.
+    #[serde(default)]
+    pub allow_history_rewrite: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitWebhook {
+    /// TCP port on the node (default 9443).
+    #[serde(default = "default_webhook_port")]
+    pub port: u16,
+    /// The shared secret the git server signs payloads with.
+    pub secret: String,
+}
+
+fn default_webhook_port() -> u16 {
+    9443
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitPrune {
+    /// Delete objects removed from git (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Refuse a revision deleting more than this share of the inventory (default 50).
+    #[serde(default = "default_max_delete_percent")]
+    pub max_delete_percent: u8,
+}
+
+impl Default for GitPrune {
+    fn default() -> Self {
+        GitPrune {
+            enabled: true,
+            max_delete_percent: default_max_delete_percent(),
+        }
+    }
+}
+
+fn default_max_delete_percent() -> u8 {
+    50
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitHealth {
+    /// Seconds a revision has to become healthy (default 120).
+    #[serde(default = "default_health_timeout")]
+    pub timeout_seconds: u32,
+    /// Re-apply the last healthy revision when one fails (default true).
+    #[serde(default = "yes")]
+    pub auto_rollback: bool,
+}
+
+impl Default for GitHealth {
+    fn default() -> Self {
+        GitHealth {
+            timeout_seconds: default_health_timeout(),
+            auto_rollback: true,
+        }
+    }
+}
+
+fn default_health_timeout() -> u32 {
+    120
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,9 +247,6 @@ impl Default for Network {
     }
 }
 
-fn yes() -> bool {
-    true
-}
 
 /// Debugging switches; all off in production.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,20 +418,7 @@ impl MachineConfig {
             if refs > 1 {
                 return Err("gitops: set at most one of `branch`, `tag` and `commit`".into());
             }
-            let u = git.url.as_str();
-            let scheme_ok = u.starts_with("https://")
-                || u.starts_with("http://")
-                || u.starts_with("ssh://")
-                || u.starts_with("file://")
-                || (u.contains('@') && u.contains(':'));
-            if !scheme_ok {
-                return Err(format!(
-                    "gitops.url: `{u}` is not an https://, ssh://, user@host:path or file:// URL"
-                ));
-            }
-            if git.interval_seconds == Some(0) {
-                return Err("gitops.intervalSeconds: must be at least 1".into());
-            }
+            git.validate()?;
         }
         for key in self.machine.sysctls.keys() {
             let ok = !key.is_empty()
@@ -324,6 +441,61 @@ impl MachineConfig {
 
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).unwrap_or_default()
+    }
+}
+
+impl GitSource {
+    /// The checks a `gitops` section must pass (also run by the reconciler on its own file).
+    pub fn validate(&self) -> Result<(), String> {
+        let u = self.url.as_str();
+        if !(u.starts_with("https://") || u.starts_with("ssh://") || u.starts_with("file://")) {
+            return Err(format!(
+                "gitops.url: `{u}` is not an https://, ssh:// or file:// URL"
+            ));
+        }
+        if u.starts_with("ssh://") && self.known_hosts.is_none() {
+            return Err("gitops.knownHosts: an ssh:// URL needs the server's known_hosts lines".into());
+        }
+        if self.interval_seconds == Some(0) {
+            return Err("gitops.intervalSeconds: must be at least 1".into());
+        }
+        if self.timeout_seconds == Some(0) {
+            return Err("gitops.timeoutSeconds: must be at least 1".into());
+        }
+        if self.health.timeout_seconds == 0 {
+            return Err("gitops.health.timeoutSeconds: must be at least 1".into());
+        }
+        if self.prune.max_delete_percent > 100 {
+            return Err("gitops.prune.maxDeletePercent: at most 100".into());
+        }
+        if self.concurrency == Some(0) {
+            return Err("gitops.concurrency: must be at least 1".into());
+        }
+        let a = &self.auth;
+        if a.token.is_some() && (a.username.is_some() || a.password.is_some()) {
+            return Err("gitops.auth: set `token` or `username`/`password`, not both".into());
+        }
+        if a.ssh_key.is_some() && !u.starts_with("ssh://") {
+            return Err("gitops.auth.sshKey: only for ssh:// URLs".into());
+        }
+        if let Some(path) = &self.path {
+            if path.starts_with('/') || path.split('/').any(|p| p == "..") {
+                return Err(format!(
+                    "gitops.path: `{path}` must be relative and stay inside the repository"
+                ));
+            }
+        }
+        if let Some(c) = &self.commit {
+            if c.len() != 40 || !c.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!("gitops.commit: `{c}` is not a full 40-digit commit id"));
+            }
+        }
+        if let Some(w) = &self.webhook {
+            if w.secret.len() < 16 {
+                return Err("gitops.webhook.secret: use at least 16 characters".into());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -516,6 +688,27 @@ mod tests {
                 .to_string()
                 .contains("at most one")
         );
+        let rel = format!("{base}gitops:\n  url: file:///r\n  path: ../up\n");
+        assert!(
+            MachineConfig::parse("m", &rel)
+                .expect_err("escaping path")
+                .to_string()
+                .contains("gitops.path")
+        );
+        let ssh = format!("{base}gitops:\n  url: ssh://git@h/r.git\n");
+        assert!(
+            MachineConfig::parse("m", &ssh)
+                .expect_err("ssh without known hosts")
+                .to_string()
+                .contains("knownHosts")
+        );
+        let full = format!(
+            "{base}gitops:\n  url: https://h/r.git\n  auth:\n    token: t\n  webhook:\n    secret: 0123456789abcdef\n  prune:\n    maxDeletePercent: 30\n  health:\n    autoRollback: false\n"
+        );
+        let g = MachineConfig::parse("m", &full).expect("full").gitops.expect("gitops");
+        assert_eq!((g.prune.max_delete_percent, g.prune.enabled), (30, true));
+        assert_eq!((g.health.auto_rollback, g.health.timeout_seconds), (false, 120));
+        assert_eq!(g.webhook.map(|w| w.port), Some(9443));
         let bad = format!("{base}gitops:\n  url: ftp://x/r\n");
         assert!(
             MachineConfig::parse("m", &bad)

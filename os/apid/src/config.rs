@@ -1,10 +1,9 @@
 //! The machine config: reading it with its secrets redacted, and keeping a new
 //! one (validated, diffed, written durably).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::fs;
+use std::io;
 use std::ops::Range;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use cairn_machine_config::MachineConfig;
@@ -196,40 +195,7 @@ pub fn apply(path: &Path, new_text: &str, dry_run: bool) -> Result<Applied, Conf
     })
 }
 
-/// Replaces `path` so that a crash leaves the old or the new content, never a
-/// mix: a temporary file in the same directory (mode 0600), fsynced, renamed over
-/// `path`, then the directory fsynced.
-pub fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
-    let tmp = dir.join(format!(
-        ".{}.new-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    File::open(&dir)?.sync_all()
-}
+pub use cairn_machine_config::write_durable;
 
 #[cfg(test)]
 mod tests {

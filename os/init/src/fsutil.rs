@@ -78,24 +78,12 @@ pub fn write(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result<()> {
 /// temporary file is written and fsynced, renamed over the target, and the
 /// directory is fsynced. For STATE (identity, last good config).
 pub fn write_durable(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result<()> {
-    use std::io::Write;
     let path = path.as_ref();
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(contents.as_ref())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    cairn_machine_config::write_durable(path, contents.as_ref())
+        .with_context(|| format!("writing {} durably", path.display()))
 }
 
 /// The kernel release (`uname -r`).
