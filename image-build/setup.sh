@@ -13,6 +13,7 @@ HOST_PACKAGES=(
   gcc libc6-dev pkg-config                 # runc is built with cgo (libseccomp comes pinned)
   protobuf-compiler                        # etcd-client's gRPC code generation
   dpkg-dev ca-certificates git
+  openssh-server gnupg                     # the git server fixture's sshd; signed test commits
 )
 
 missing=()
