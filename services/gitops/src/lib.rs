@@ -32,6 +32,6 @@ pub mod webhook;
 pub struct SourceFile {
     /// The path relative to the repository root, `/`-separated (e.g. `apps/web.yaml`).
     pub path: String,
-    /// The blob's bytes, unchecked (render checks UTF-8 and syntax).
+    /// The blob's bytes (valid UTF-8: the source refuses anything else).
     pub data: Vec<u8>,
 }
