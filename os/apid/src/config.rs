@@ -76,12 +76,56 @@ fn credentials(text: &str) -> Vec<Credential> {
         }
         from = end.max(after);
     }
+    found.extend(secret_fields(text));
+    found.sort_by_key(|c| c.span.start);
+    found
+}
+
+/// The machine config's fields that hold a secret (the gitops credentials and
+/// webhook secret): their values, inline or block scalars.
+const SECRET_FIELDS: &[&str] = &["token", "password", "secret", "sshKey", "sshKeyPassphrase"];
+
+/// Every `field: value` of [`SECRET_FIELDS`] in `text`; a block scalar (`|`)
+/// spans the more-indented lines after it.
+fn secret_fields(text: &str) -> Vec<Credential> {
+    let mut found = Vec::new();
+    let mut lines = Vec::new();
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        lines.push((at, line.trim_end_matches('\n')));
+        at += line.len();
+    }
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut i = 0;
+    while i < lines.len() {
+        let (start, line) = lines[i];
+        i += 1;
+        let body = line.trim_start().trim_start_matches("- ");
+        let Some((key, value)) = body.split_once(':') else { continue };
+        if !SECRET_FIELDS.contains(&key) {
+            continue;
+        }
+        let key_at = start + (line.len() - body.len());
+        let mut end = start + line.len();
+        let v = value.trim();
+        if v.is_empty() || v.starts_with('|') || v.starts_with('>') {
+            while i < lines.len() && (lines[i].1.trim().is_empty() || indent(lines[i].1) > indent(line)) {
+                end = lines[i].0 + lines[i].1.len();
+                i += 1;
+            }
+        }
+        found.push(Credential {
+            span: key_at..end,
+            redacted: format!("{key}: {REDACTED}"),
+        });
+    }
     found
 }
 
 /// Every secret in a machine config's text replaced by [`REDACTED`].
 ///
-/// Today the only secret is a credential in the userinfo of a URL (the
+/// Secrets are the gitops credential fields ([`SECRET_FIELDS`]) and a credential
+/// in the userinfo of a URL (the
 /// `gitops.url` of a private repository): `https://user:TOKEN@host/...` becomes
 /// `https://user:REDACTED@host/...`. For `http(s)://` URLs a userinfo without a
 /// password is itself a token (`https://TOKEN@github.com/...`) and is redacted
@@ -202,6 +246,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn redacts_gitops_secret_fields_and_restores_them() {
+        let text = "gitops:\n  url: https://h/r.git\n  auth:\n    token: ghp_abc\n    sshKey: |\n      -----BEGIN OPENSSH PRIVATE KEY-----\n      b3Blbn\n      -----END OPENSSH PRIVATE KEY-----\n  webhook:\n    secret: \"0123456789abcdef\"\n  path: apps\n";
+        let shown = redact(text);
+        assert_eq!(
+            shown,
+            "gitops:\n  url: https://h/r.git\n  auth:\n    token: REDACTED\n    sshKey: REDACTED\n  webhook:\n    secret: REDACTED\n  path: apps\n"
+        );
+        assert_eq!(restore_redacted(&shown, text).expect("restored"), text);
+    }
+
+    #[test]
     fn redacts_url_credentials() {
         let text = "gitops:\n  url: https://deploy:s3cr3t@git.example.com/org/repo.git\n";
         assert_eq!(
@@ -294,6 +349,7 @@ mod tests {
         let real = apply(&path, &new, false).unwrap();
         assert!(real.written);
         assert_eq!(fs::read_to_string(&path).unwrap(), new);
+        use std::os::unix::fs::PermissionsExt as _;
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o600);
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
