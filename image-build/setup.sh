@@ -12,6 +12,7 @@ HOST_PACKAGES=(
   fdisk gdisk cpio xz-utils zstd           # tests check images with the real tools
   gcc libc6-dev pkg-config                 # runc is built with cgo (libseccomp comes pinned)
   protobuf-compiler                        # etcd-client's gRPC code generation
+  libssl-dev                               # cairn-gitops: git2's HTTPS (openssl-sys)
   dpkg-dev ca-certificates git
   openssh-server gnupg                     # the git server fixture's sshd; signed test commits
 )

@@ -68,6 +68,9 @@ const USERLAND_DEBS: &[&str] = &[
     "libselinux1",
     "libpcre2-8-0",
     "libsmartcols1",
+    // cairn-gitops (git2: HTTPS through OpenSSL, zlib).
+    "libssl3",
+    "zlib1g",
 ];
 /// Tools from those packages: (package, path in the package, path in the image).
 /// e2fsprogs formats and grows STATE and DATA; `nft` is what kube-proxy's nftables
@@ -173,6 +176,8 @@ pub struct ImageOptions {
     pub init: PathBuf,
     /// The machine API server to install.
     pub apid: PathBuf,
+    /// The GitOps reconciler to install.
+    pub gitops: PathBuf,
     pub out_dir: PathBuf,
     pub offline: bool,
     /// Extra kernel command-line words.
@@ -350,9 +355,10 @@ fn system_tree(
     for (link, target) in MERGED_USR {
         t.symlink(link, target)?;
     }
-    let mut dynamic = vec![opts.init.clone(), opts.apid.clone()];
+    let mut dynamic = vec![opts.init.clone(), opts.apid.clone(), opts.gitops.clone()];
     t.copy(&opts.init, "/usr/bin/cairn-init", 0o755)?;
     t.copy(&opts.apid, "/usr/bin/cairn-apid", 0o755)?;
+    t.copy(&opts.gitops, "/usr/bin/cairn-gitops", 0o755)?;
     for (component, binary) in UPSTREAM_BINARIES {
         t.copy(
             &report.binary(component, binary)?,

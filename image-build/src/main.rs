@@ -33,7 +33,7 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ImageCmd {
-    /// Build cairn-init, cairn-apid and the disk image (`<out>/<name>.raw` and `.qcow2`).
+    /// Build cairn-init, cairn-apid, cairn-gitops and the disk image (`<out>/<name>.raw` and `.qcow2`).
     Build {
         /// Build the benchmark image (`cairn-bench`): an init that can also start the
         /// node's services unsupervised, to measure what supervision costs.
@@ -42,7 +42,7 @@ enum ImageCmd {
         /// Output directory.
         #[arg(long, default_value = "out")]
         out: PathBuf,
-        /// Use prebuilt binaries (a directory holding cairn-init and cairn-apid)
+        /// Use prebuilt binaries (a directory holding cairn-init, cairn-apid and cairn-gitops)
         /// instead of building them with cargo.
         #[arg(long)]
         binaries: Option<PathBuf>,
@@ -146,7 +146,11 @@ fn run() -> Result<()> {
                 Some(dir) => dir,
                 None => build_binaries(bench)?,
             };
-            let (init, apid) = (dir.join("cairn-init"), dir.join("cairn-apid"));
+            let (init, apid, gitops) = (
+                dir.join("cairn-init"),
+                dir.join("cairn-apid"),
+                dir.join("cairn-gitops"),
+            );
             let name = if bench { "cairn-bench" } else { "cairn" };
             let summary = image::build(
                 &lock,
@@ -155,6 +159,7 @@ fn run() -> Result<()> {
                     name: name.into(),
                     init,
                     apid,
+                    gitops,
                     out_dir: out,
                     offline,
                     cmdline_extra: String::new(),
@@ -166,7 +171,7 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Builds cairn-init and cairn-apid in release mode and returns their directory;
+/// Builds cairn-init, cairn-apid and cairn-gitops in release mode and returns their directory;
 /// the benchmark variant in its own target dir so the two never overwrite each other.
 fn build_binaries(bench: bool) -> Result<PathBuf> {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -182,6 +187,8 @@ fn build_binaries(bench: bool) -> Result<PathBuf> {
             "cairn-init",
             "-p",
             "cairn-apid",
+            "-p",
+            "cairn-gitops",
             "--target-dir",
         ])
         .arg(&target);
@@ -189,10 +196,15 @@ fn build_binaries(bench: bool) -> Result<PathBuf> {
         cmd.args(["--features", "cairn-init/bench-plain"]);
     }
     eprintln!(
-        "image: building cairn-init and cairn-apid{}",
+        "image: building cairn-init, cairn-apid and cairn-gitops{}",
         if bench { " (benchmark variant)" } else { "" }
     );
-    let status = cmd.status().context("running cargo to build cairn-init and cairn-apid")?;
-    anyhow::ensure!(status.success(), "building cairn-init and cairn-apid failed ({status})");
+    let status = cmd
+        .status()
+        .context("running cargo to build cairn-init, cairn-apid and cairn-gitops")?;
+    anyhow::ensure!(
+        status.success(),
+        "building cairn-init, cairn-apid and cairn-gitops failed ({status})"
+    );
     Ok(target.join("release"))
 }

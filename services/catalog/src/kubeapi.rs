@@ -133,6 +133,17 @@ impl ApiClient {
             .await
     }
 
+    /// A JSON merge patch of the object at `path`, recorded as field manager `manager`.
+    pub async fn merge_patch(&self, path: &str, patch: &Value, manager: &str) -> Result<Value, ApiError> {
+        let body = serde_json::to_vec(patch).map_err(|e| ApiError::Object {
+            what: path.to_string(),
+            message: e.to_string(),
+        })?;
+        let path = format!("{path}?fieldManager={manager}");
+        self.request("PATCH", &path, Some(&body), "application/merge-patch+json")
+            .await
+    }
+
     async fn request(
         &self,
         method: &'static str,

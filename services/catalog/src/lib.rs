@@ -6,8 +6,9 @@
 //! - [`node_plan`]: what a node runs: the control plane (etcd with TLS,
 //!   kube-apiserver, kube-controller-manager, kube-scheduler) configured from a
 //!   cairn-pki secrets bundle, containerd, the pod image imports, kubelet and
-//!   kube-proxy; [`cni`] and [`cluster_objects`] are written and applied by the
-//!   init once the API server answers.
+//!   kube-proxy, and the GitOps reconciler ([`gitops`]) when the machine config
+//!   has a `gitops` section; [`cni`] and [`cluster_objects`] are written and
+//!   applied by the init once the API server answers.
 //!
 //! Not for: running anything. The init hands these [`ServiceSpec`]s to the
 //! supervisor (`cairn-supervisor`), which owns processes, ordering and restarts.
@@ -20,6 +21,7 @@ pub mod containerd;
 pub mod coredns;
 pub mod etcd;
 pub mod files;
+pub mod gitops;
 pub mod images;
 pub mod kube_apiserver;
 pub mod kube_controller_manager;
@@ -71,6 +73,8 @@ pub struct NodePlan {
     pub control_plane: Vec<ServiceSpec>,
     /// The pod image archives to import before kubelet starts.
     pub image_archives: Vec<PathBuf>,
+    /// The GitOps reconciler (control-plane nodes with a `gitops` section).
+    pub gitops: Option<gitops::GitopsConfig>,
     paths: Paths,
 }
 
@@ -92,6 +96,7 @@ pub fn node_plan(
         kube_proxy: kube_proxy::KubeProxyConfig::from_machine(cfg, paths),
         control_plane,
         image_archives,
+        gitops: gitops::GitopsConfig::from_machine(cfg, paths),
         paths: paths.clone(),
     })
 }
@@ -102,12 +107,16 @@ impl NodePlan {
     pub fn write_files(&self) -> Result<(), files::RenderError> {
         self.containerd.write()?;
         self.kubelet.write()?;
-        self.kube_proxy.write()
+        self.kube_proxy.write()?;
+        self.gitops
+            .as_ref()
+            .map_or(Ok(()), gitops::GitopsConfig::write)
     }
 
     /// Every service, in no particular order (the supervisor orders them by their
     /// dependencies): the control plane, containerd, one image import per archive,
-    /// kubelet (after containerd, the imports and the API server) and kube-proxy.
+    /// kubelet (after containerd, the imports and the API server), kube-proxy and
+    /// the GitOps reconciler if any.
     pub fn specs(&self) -> Vec<ServiceSpec> {
         let imports = images::specs(&self.paths, &self.image_archives);
         let mut kubelet = kubelet::spec(&self.kubelet);
@@ -119,6 +128,7 @@ impl NodePlan {
         out.extend(imports);
         out.push(kubelet);
         out.push(kube_proxy::spec(&self.kube_proxy));
+        out.extend(self.gitops.as_ref().map(gitops::spec));
         out
     }
 }
@@ -307,5 +317,28 @@ mod tests {
         for s in &specs {
             s.validate().expect("valid spec");
         }
+    }
+
+    #[test]
+    fn node_plan_runs_gitops_when_configured() {
+        let doc = format!(
+            "{}gitops:\n  url: https://git.example/demo.git\n",
+            MachineConfig::default_document()
+        );
+        let mc = MachineConfig::parse("t", &doc).expect("config");
+        let plan = node_plan(
+            &mc,
+            &Paths::node(),
+            "10.0.2.15".parse().expect("ip"),
+            Vec::new(),
+        )
+        .expect("plan");
+        let specs = plan.specs();
+        let last = specs.last().expect("specs");
+        assert_eq!(last.name, gitops::NAME);
+        assert_eq!(
+            plan.gitops.as_ref().map(|g| g.config_file.clone()),
+            Some(PathBuf::from("/run/cairn/gitops.yaml"))
+        );
     }
 }

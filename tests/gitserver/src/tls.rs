@@ -1,5 +1,6 @@
 //! The HTTPS server's certificates: a self-signed CA and a server certificate from
-//! it for IP 127.0.0.1 and DNS localhost.
+//! it for IP 127.0.0.1 and DNS localhost, plus IP 10.0.2.100, where QEMU guests of
+//! the end-to-end tests reach the host's loopback (`cairn_qemu::GUEST_FORWARD_ADDR`).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -42,6 +43,7 @@ impl Tls {
             .push(DnType::CommonName, "127.0.0.1");
         server.subject_alt_names = vec![
             SanType::IpAddress(Ipv4Addr::LOCALHOST.into()),
+            SanType::IpAddress(Ipv4Addr::new(10, 0, 2, 100).into()),
             SanType::DnsName("localhost".try_into().context("the DNS name localhost")?),
         ];
         server.key_usages = vec![KeyUsagePurpose::DigitalSignature];

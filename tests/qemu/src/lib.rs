@@ -148,6 +148,20 @@ fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// Where the guest reaches the host's [`VmConfig::guest_forwards`]. Not 10.0.2.2
+/// (QEMU's host address, which `guestfwd` refuses): the next free user-net address.
+pub const GUEST_FORWARD_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 100);
+
+/// One [`VmConfig::guest_forwards`] entry.
+#[derive(Debug, Clone)]
+pub struct GuestForward {
+    /// The host port on 127.0.0.1, also the port the guest connects to.
+    pub port: u16,
+    /// The relay program, run as `relay 127.0.0.1:<port>` with the guest's
+    /// connection on its stdin, stdout and stderr (tests/e2e's `cairn-guest-relay`).
+    pub relay: PathBuf,
+}
+
 /// Direct kernel boot (`-kernel/-initrd/-append`), e.g. for tests that need no
 /// disk image.
 #[derive(Debug, Clone)]
@@ -171,6 +185,11 @@ pub struct VmConfig {
     pub fw_cfg: Vec<(String, PathBuf)>,
     /// Guest TCP ports forwarded from free 127.0.0.1 ports (see [`Vm::host_port`]).
     pub forwards: Vec<u16>,
+    /// The other way: a guest connecting to [`GUEST_FORWARD_ADDR`]`:<port>` gets a
+    /// connection to 127.0.0.1:`<port>` on the host (QEMU `guestfwd`, one relay
+    /// process per connection; the NIC stays `restrict=on`, so the guest reaches
+    /// nothing else). `relay` is the `cairn-guest-relay` program (tests/e2e).
+    pub guest_forwards: Vec<GuestForward>,
     pub extra_args: Vec<String>,
     pub ovmf_code: PathBuf,
     pub ovmf_vars_template: PathBuf,
@@ -192,6 +211,7 @@ impl Default for VmConfig {
             cpus: 2,
             fw_cfg: Vec::new(),
             forwards: Vec::new(),
+            guest_forwards: Vec::new(),
             extra_args: Vec::new(),
             ovmf_code: PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd"),
             ovmf_vars_template: PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd"),
@@ -566,6 +586,14 @@ impl Vm {
             for &guest in &cfg.forwards {
                 let host = *ports.entry(guest).or_insert_with(free_port);
                 nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+            }
+            for f in &cfg.guest_forwards {
+                // QEMU starts `cmd:` for each connection, the connection on its stdio.
+                nic.push_str(&format!(
+                    ",guestfwd=tcp:{GUEST_FORWARD_ADDR}:{port}-cmd:{relay} 127.0.0.1:{port}",
+                    port = f.port,
+                    relay = qopt(path_str(&f.relay)),
+                ));
             }
             cmd.arg("-nic").arg(nic);
         } else {
