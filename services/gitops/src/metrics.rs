@@ -224,6 +224,21 @@ impl Metrics {
         header(&mut out, name, "gauge", "Objects the reconciler manages.");
         line(&mut out, name, self.managed.load(Ordering::Relaxed));
 
+        let name = "cairn_gitops_api_requests_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "Requests sent to the API server (watches not counted), by verb.",
+        );
+        for (verb, n) in [("read", &crate::cluster::READS), ("write", &crate::cluster::WRITES)] {
+            line(
+                &mut out,
+                &format!("{name}{{verb=\"{verb}\"}}"),
+                n.load(Ordering::Relaxed),
+            );
+        }
+
         let name = "cairn_gitops_webhook_requests_total";
         header(
             &mut out,
@@ -374,6 +389,9 @@ mod tests {
             0.0
         );
         assert!(!s.iter().any(|(n, _, _)| n == "cairn_gitops_revision_info"));
+        // The process-wide request counters, whatever other tests sent.
+        value(&s, "cairn_gitops_api_requests_total", &[("verb", "read")]);
+        value(&s, "cairn_gitops_api_requests_total", &[("verb", "write")]);
     }
 
     #[test]

@@ -105,6 +105,12 @@ impl Reconciler {
     /// objects are compared with the cluster, writing only what drifted.
     pub async fn resume(&mut self) -> Result<(), String> {
         self.node = self.state_dir.load()?;
+        if let Some(mut kept) = status::fetch(&self.engine.client, &self.engine.name).await {
+            // The history and revisions survive a restart; who leads and where from are now.
+            kept.url = std::mem::take(&mut self.status.url);
+            kept.leader = std::mem::take(&mut self.status.leader);
+            self.status = kept;
+        }
         let node_copy = Inventory::load(&self.state_dir.inventory())?;
         self.inventory = match Inventory::fetch(&self.engine.client, &self.engine.name).await {
             Ok(Some(inv)) => inv,
@@ -163,11 +169,27 @@ impl Reconciler {
         let mut next_fetch = tokio::time::Instant::now();
         let mut failures = 0u32;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut requests = status::watch_requests(&self.engine.client, &self.engine.name);
+        let mut sync_requested = None;
         loop {
             tokio::select! {
                 () = &mut stop => return,
                 () = trigger.notified() => next_fetch = tokio::time::Instant::now(),
-                () = tokio::time::sleep_until(next_fetch) => {
+                Ok(()) = requests.changed() => {
+                    let r = requests.borrow_and_update().clone();
+                    if r.suspend != self.status.suspended {
+                        tracing::info!(service = "gitops", suspended = r.suspend, "suspend changed by the status object's spec");
+                        self.status.suspended = r.suspend;
+                        self.publish().await;
+                        next_fetch = tokio::time::Instant::now(); // on resume: catch up at once
+                    }
+                    if r.sync_requested != sync_requested {
+                        tracing::info!(service = "gitops", "sync requested");
+                        next_fetch = tokio::time::Instant::now();
+                        sync_requested = r.sync_requested;
+                    }
+                }
+                () = tokio::time::sleep_until(next_fetch), if !self.status.suspended => {
                     let started = Instant::now();
                     match git(&self.source, |s| s.fetch()).await {
                         Ok(head) => {
@@ -189,7 +211,7 @@ impl Reconciler {
                         }
                     }
                 }
-                Some(key) = drift.recv() => self.drifted(key).await,
+                Some(key) = drift.recv() => if !self.status.suspended { self.drifted(key).await },
                 _ = tick.tick(), if self.health_deadline.is_some() => self.check_health().await,
             }
         }
@@ -212,8 +234,20 @@ impl Reconciler {
         }
         if self.node.applied.as_deref() == Some(head.as_str()) {
             if let Some(desired) = &self.desired {
-                if let Err((_, e)) = self.engine.apply(desired, &self.inventory).await {
-                    tracing::warn!(service = "gitops", error = %e, "re-applying drifted objects");
+                let compared = Instant::now();
+                match self.engine.apply(desired, &self.inventory).await {
+                    Ok(r) if r.written.is_empty() => tracing::info!(service = "gitops", revision = %head, unchanged = r.unchanged, ms = compared.elapsed().as_millis() as u64, "in sync"),
+                    Ok(r) => tracing::info!(service = "gitops", revision = %head, written = r.written.len(), unchanged = r.unchanged, ms = compared.elapsed().as_millis() as u64, "drifted objects re-applied"),
+                    Err((_, e)) => tracing::warn!(service = "gitops", error = %e, "re-applying drifted objects"),
+                }
+                // A revision that failed its health check with nothing to roll back
+                // to stays applied; it is healthy once its objects get there (a slow
+                // first boot, an image that arrived later).
+                if self.health_deadline.is_none()
+                    && self.status.health != "Healthy"
+                    && self.engine.health(desired) == Health::Healthy
+                {
+                    self.mark_healthy(head).await;
                 }
             }
             return;
@@ -318,15 +352,7 @@ impl Reconciler {
         let failure = match self.engine.health(desired) {
             Health::Healthy => {
                 self.health_deadline = None;
-                self.node.last_healthy = Some(revision.clone());
-                self.save_node();
-                let rev = revision.clone();
-                let _ = git(&self.source, move |s| s.pin(&rev, "healthy")).await;
-                self.status.health = "Healthy".into();
-                self.status.last_healthy_revision = revision.clone();
-                self.status.record(&revision, "healthy", "");
-                tracing::info!(service = "gitops", revision = %revision, "healthy");
-                self.publish().await;
+                self.mark_healthy(revision).await;
                 return;
             }
             Health::Failed(why) => why,
@@ -345,6 +371,18 @@ impl Reconciler {
         self.remember_failed(&revision);
         self.publish().await;
         self.roll_back(&revision).await;
+    }
+
+    async fn mark_healthy(&mut self, revision: String) {
+        self.node.last_healthy = Some(revision.clone());
+        self.save_node();
+        let rev = revision.clone();
+        let _ = git(&self.source, move |s| s.pin(&rev, "healthy")).await;
+        self.status.health = "Healthy".into();
+        self.status.last_healthy_revision = revision.clone();
+        self.status.record(&revision, "healthy", "");
+        tracing::info!(service = "gitops", revision = %revision, "healthy");
+        self.publish().await;
     }
 
     /// Re-applies the last healthy revision (from the mirror; it was verified

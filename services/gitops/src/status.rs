@@ -40,7 +40,7 @@ pub struct HistoryEntry {
 
 /// What `kubectl get gitops -o yaml` shows under `status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct SyncStatus {
     pub url: String,
     pub applied_revision: String,
@@ -52,6 +52,8 @@ pub struct SyncStatus {
     pub last_applied_time: String,
     pub objects: u64,
     pub leader: String,
+    /// `spec.suspend` is set: nothing is fetched, applied or reverted.
+    pub suspended: bool,
     pub history: VecDeque<HistoryEntry>,
 }
 
@@ -99,6 +101,7 @@ pub fn definition() -> Value {
                     column("Seen", ".status.seenRevision", 0),
                     column("Health", ".status.health", 0),
                     column("Error", ".status.lastError", 0),
+                    {"name": "Suspended", "type": "boolean", "jsonPath": ".status.suspended", "priority": 1},
                     column("URL", ".status.url", 1),
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
@@ -152,6 +155,13 @@ pub async fn publish(client: &kube::Client, name: &str, status: &SyncStatus) -> 
     api.patch_status(name, &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(body))
         .await?;
     Ok(())
+}
+
+/// The status last published on the status object `name`, if any.
+pub async fn fetch(client: &kube::Client, name: &str) -> Option<SyncStatus> {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource());
+    let o = api.get_opt(name).await.ok()??;
+    serde_json::from_value(o.data.get("status")?.clone()).ok()
 }
 
 /// The `allow-mass-prune` annotation on the status object, if set.
@@ -219,4 +229,37 @@ impl Events {
         };
         self.send(reference, warning, reason, note);
     }
+}
+
+/// On the status object: any new value asks for a fetch and reconcile now
+/// (`kubectl annotate gitops cairn gitops.cairn.dev/sync-requested-at="$(date)" --overwrite`).
+pub const SYNC_REQUEST: &str = "gitops.cairn.dev/sync-requested-at";
+
+/// What users ask of a reconciler through its status object: `spec.suspend`
+/// and the sync-request annotation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requests {
+    pub suspend: bool,
+    pub sync_requested: Option<String>,
+}
+
+/// Watches the status object `name` for [`Requests`].
+pub fn watch_requests(client: &kube::Client, name: &str) -> tokio::sync::watch::Receiver<Requests> {
+    use futures::StreamExt as _;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    let (tx, rx) = tokio::sync::watch::channel(Requests::default());
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource());
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    tokio::spawn(async move {
+        let mut objects = watcher(api, config).default_backoff().applied_objects().boxed();
+        while let Some(o) = objects.next().await {
+            let Ok(o) = o else { continue };
+            let requests = Requests {
+                suspend: o.data.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false),
+                sync_requested: o.metadata.annotations.and_then(|a| a.get(SYNC_REQUEST).cloned()),
+            };
+            tx.send_if_modified(|r| std::mem::replace(r, requests.clone()) != requests);
+        }
+    });
+    rx
 }

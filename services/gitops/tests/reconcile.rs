@@ -22,12 +22,11 @@ fn repo(dir: &std::path::Path) -> TestRepo {
 fn crd_and_its_custom_resources_in_one_commit_converge_in_one_reconcile() {
     let dir = tempfile::tempdir().expect("tmp");
     let r = repo(dir.path());
-    let crd = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.test.cairn.dev\nspec:\n  group: test.cairn.dev\n  scope: Namespaced\n  names:\n    kind: Widget\n    plural: widgets\n    singular: widget\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-preserve-unknown-fields: true\n";
     // The custom resource sorts before its definition and its namespace.
-    r.write("a-widget.yaml", "apiVersion: test.cairn.dev/v1\nkind: Widget\nmetadata:\n  name: w1\n  namespace: order\nspec:\n  size: 3\n");
+    r.write("a-widget.yaml", &widget("test.cairn.dev", "order", "w1", 3));
     r.write("b-cm.yaml", &configmap("order", "settings", "1"));
     r.write("c-deploy.yaml", &deployment("order", "web", 0, "cairn.local/webtest:v1"));
-    r.write("z-crd.yaml", crd);
+    r.write("z-crd.yaml", &widget_crd("test.cairn.dev"));
     r.write("z-ns.yaml", &namespace("order"));
     let rev = r.commit("crd and cr").expect("commit");
     let mut g = Reconciler::start("order", dir.path(), &file_config(&r.file_url(), ""), Options::default());
@@ -232,4 +231,38 @@ fn a_restart_resumes_from_the_applied_revision_without_writing() {
     assert!(again.running());
     let after = get(&["cm", "-n", "resume", "c7"]).expect("cm")["metadata"]["resourceVersion"].clone();
     assert_eq!(before, after, "nothing re-applied");
+    let history = again.status()["history"].clone();
+    assert!(
+        history.as_array().is_some_and(|h| h.iter().any(|e| e["revision"] == rev.as_str() && e["result"] == "applied")),
+        "the history survives a restart: {history}"
+    );
+}
+
+#[test]
+fn suspend_stops_applying_and_a_sync_request_fetches_at_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let r = repo(dir.path());
+    r.write("app.yaml", &format!("{}---\n{}", namespace("suspend"), configmap("suspend", "conf", "1")));
+    let first = r.commit("one").expect("commit");
+    // Hourly polling: only a sync request can bring a new commit in quickly.
+    let cfg = format!("url: {}\nbranch: main\nintervalSeconds: 3600\n", r.file_url());
+    let mut g = Reconciler::start("suspend", dir.path(), &cfg, Options::default());
+    g.wait_applied(&first, T);
+    let fx = fixture();
+    fx.kubectl(&["patch", "gitops", "suspend", "--type=merge", "-p", r#"{"spec":{"suspend":true}}"#]).expect("suspend");
+    g.wait_status("suspended", T, |s| s["suspended"] == true);
+    r.write("app.yaml", &format!("{}---\n{}", namespace("suspend"), configmap("suspend", "conf", "2")));
+    let second = r.commit("two").expect("commit");
+    fx.kubectl(&["annotate", "gitops", "suspend", "gitops.cairn.dev/sync-requested-at=1", "--overwrite"]).expect("request");
+    fx.kubectl(&["-n", "suspend", "patch", "cm", "conf", "--type=merge", "-p", r#"{"data":{"value":"manual"}}"#]).expect("edit");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(g.status()["appliedRevision"], first.as_str(), "suspended: nothing applied");
+    assert_eq!(get(&["cm", "-n", "suspend", "conf"]).expect("cm")["data"]["value"], "manual", "suspended: drift kept");
+    fx.kubectl(&["patch", "gitops", "suspend", "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]).expect("resume");
+    g.wait_applied(&second, T);
+    r.write("app.yaml", &format!("{}---\n{}", namespace("suspend"), configmap("suspend", "conf", "3")));
+    let third = r.commit("three").expect("commit");
+    fx.kubectl(&["annotate", "gitops", "suspend", "gitops.cairn.dev/sync-requested-at=2", "--overwrite"]).expect("request");
+    g.wait_applied(&third, Duration::from_secs(10));
+    assert_eq!(get(&["cm", "-n", "suspend", "conf"]).expect("cm")["data"]["value"], "3");
 }

@@ -23,6 +23,10 @@
 //!
 //! Needs a warm component cache: run
 //! `cargo run --release -p cairn-image -- components build` first.
+//!
+//! [`gitops`] runs the GitOps reconciler against the shared fixture.
+
+pub mod gitops;
 
 use std::fs::File;
 use std::io;
@@ -265,14 +269,21 @@ impl KubeFixture {
         self.children.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn run_kubectl(&self, args: &[&str], input: Option<&str>) -> Result<String> {
+    /// The pinned kubectl with the admin kubeconfig and the fixture's cache
+    /// directory, to add arguments to (for a long-running `kubectl get --watch`).
+    pub fn kubectl_command(&self) -> Command {
         let mut cmd = Command::new(&self.kubectl);
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig_path().display()))
             .arg(format!(
                 "--cache-dir={}",
                 self.dir().join("kubectl-cache").display()
-            ))
-            .args(args)
+            ));
+        cmd
+    }
+
+    fn run_kubectl(&self, args: &[&str], input: Option<&str>) -> Result<String> {
+        let mut cmd = self.kubectl_command();
+        cmd.args(args)
             .stdin(if input.is_some() {
                 Stdio::piped()
             } else {
