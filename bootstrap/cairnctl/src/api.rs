@@ -12,7 +12,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::output::{self, Format, Tabular};
-use crate::{Cmd, ConfigCmd, EtcdCmd, ServiceCmd};
+use crate::{Cmd, ConfigCmd, EtcdCmd, GitopsCmd, ServiceCmd};
 
 pub struct Context {
     cfg: ClientConfig,
@@ -179,6 +179,21 @@ pub async fn run(ctx: &Context, cmd: Cmd) -> Result<i32> {
             ))?;
         }
         Cmd::Etcd(EtcdCmd::Snapshot { file }) => snapshot(ctx, &file).await?,
+        Cmd::Gitops(GitopsCmd::Status) => {
+            each_node!(ctx, "GitOpsStatus", |c| c.git_ops_status(empty), GitopsView::from)?;
+        }
+        Cmd::Gitops(GitopsCmd::Sync) => {
+            each_node!(ctx, "GitOpsSync", |c| c.git_ops_sync(empty), |_| Done("sync requested"))?;
+        }
+        Cmd::Gitops(cmd @ (GitopsCmd::Suspend | GitopsCmd::Resume)) => {
+            let suspend = matches!(cmd, GitopsCmd::Suspend);
+            each_node!(
+                ctx,
+                "GitOpsSuspend",
+                |c| c.git_ops_suspend(proto::GitOpsSuspendRequest { suspend }),
+                |_| Done(if suspend { "suspended" } else { "resumed" })
+            )?;
+        }
         Cmd::Config(ConfigCmd::Get) => {
             let node = ctx.one_node("config get")?;
             let reply = ctx
@@ -586,6 +601,59 @@ impl Tabular for EtcdStatusView {
             self.raft_index.to_string(),
             self.raft_term.to_string(),
             self.errors.join("; "),
+        ]]
+    }
+}
+
+#[derive(Serialize)]
+struct GitopsView {
+    url: String,
+    applied: String,
+    seen: String,
+    last_healthy: String,
+    health: String,
+    suspended: bool,
+    objects: u64,
+    leader: String,
+    last_error: String,
+    history: Vec<(String, String, String, String)>,
+}
+
+impl From<proto::GitOpsStatusReply> for GitopsView {
+    fn from(s: proto::GitOpsStatusReply) -> Self {
+        GitopsView {
+            url: s.url,
+            applied: s.applied_revision,
+            seen: s.seen_revision,
+            last_healthy: s.last_healthy_revision,
+            health: s.health,
+            suspended: s.suspended,
+            objects: s.objects,
+            leader: s.leader,
+            last_error: s.last_error,
+            history: s
+                .history
+                .into_iter()
+                .map(|e| (e.time, e.revision, e.result, e.message))
+                .collect(),
+        }
+    }
+}
+
+impl Tabular for GitopsView {
+    fn headers() -> &'static [&'static str] {
+        &["APPLIED", "SEEN", "HEALTH", "SUSPENDED", "OBJECTS", "LEADER", "LAST ERROR"]
+    }
+    fn rows(&self) -> Vec<Vec<String>> {
+        let short = |r: &str| r.chars().take(12).collect::<String>();
+        vec![vec![
+            short(&self.applied),
+            short(&self.seen),
+            self.health.clone(),
+            self.suspended.to_string(),
+            self.objects.to_string(),
+            self.leader.clone(),
+            self.last_error.clone(),
         ]]
     }
 }

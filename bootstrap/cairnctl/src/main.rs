@@ -85,6 +85,9 @@ enum Cmd {
     /// The machine config.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// The GitOps reconciler.
+    #[command(subcommand)]
+    Gitops(GitopsCmd),
     /// Print a shell completion script.
     Completion { shell: clap_complete::Shell },
 }
@@ -110,6 +113,18 @@ enum EtcdCmd {
     Defrag,
     /// Save a snapshot of the keyspace (admin).
     Snapshot { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum GitopsCmd {
+    /// Revisions applied and seen, health, last error and history.
+    Status,
+    /// Fetch and reconcile now (operator).
+    Sync,
+    /// Stop fetching, applying and reverting drift (operator).
+    Suspend,
+    /// Undo `suspend` and catch up at once (operator).
+    Resume,
 }
 
 #[derive(Subcommand)]

@@ -27,10 +27,13 @@ pub enum Method {
     EtcdSnapshot,
     ConfigGet,
     ConfigApply,
+    GitOpsStatus,
+    GitOpsSync,
+    GitOpsSuspend,
 }
 
 impl Method {
-    pub const ALL: [Method; 18] = [
+    pub const ALL: [Method; 21] = [
         Method::Version,
         Method::Health,
         Method::ServiceList,
@@ -49,6 +52,9 @@ impl Method {
         Method::EtcdSnapshot,
         Method::ConfigGet,
         Method::ConfigApply,
+        Method::GitOpsStatus,
+        Method::GitOpsSync,
+        Method::GitOpsSuspend,
     ];
 
     /// The RPC's name in the proto.
@@ -72,6 +78,9 @@ impl Method {
             Method::EtcdSnapshot => "EtcdSnapshot",
             Method::ConfigGet => "ConfigGet",
             Method::ConfigApply => "ConfigApply",
+            Method::GitOpsStatus => "GitOpsStatus",
+            Method::GitOpsSync => "GitOpsSync",
+            Method::GitOpsSuspend => "GitOpsSuspend",
         }
     }
 }
@@ -87,10 +96,11 @@ impl fmt::Display for Method {
 pub fn least_role(method: Method) -> Role {
     use Method::*;
     match method {
-        Version | Health | ServiceList | Logs | Dmesg | EtcdMembers | EtcdStatus | ConfigGet => {
-            Role::Reader
+        Version | Health | ServiceList | Logs | Dmesg | EtcdMembers | EtcdStatus | ConfigGet
+        | GitOpsStatus => Role::Reader,
+        ServiceStart | ServiceStop | ServiceRestart | ServiceKill | GitOpsSync | GitOpsSuspend => {
+            Role::Operator
         }
-        ServiceStart | ServiceStop | ServiceRestart | ServiceKill => Role::Operator,
         Reboot | Shutdown | Kubeconfig | EtcdDefragment | EtcdSnapshot | ConfigApply => Role::Admin,
     }
 }

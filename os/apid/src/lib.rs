@@ -28,6 +28,7 @@ pub mod config;
 pub mod diff;
 pub mod dmesg;
 mod etcd;
+mod gitops;
 mod machine;
 mod node;
 pub mod serve;

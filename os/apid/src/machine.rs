@@ -10,7 +10,8 @@ use cairn_api::Identity;
 use cairn_api::proto::machine_server::Machine;
 use cairn_api::proto::{
     ConfigApplyReply, ConfigApplyRequest, ConfigGetReply, DataChunk, DmesgRequest, Empty,
-    EtcdMembersReply, EtcdStatusReply, HealthReply, KubeconfigReply, LogChunk, LogsRequest,
+    EtcdMembersReply, EtcdStatusReply, GitOpsStatusReply, GitOpsSuspendRequest, HealthReply,
+    KubeconfigReply, LogChunk, LogsRequest,
     ServiceKillRequest, ServiceListReply, ServiceRequest, VersionReply,
 };
 use cairn_control::PowerAction;
@@ -364,6 +365,35 @@ impl Machine for MachineApi {
                 changed: applied.changed,
                 message,
             })
+        })
+        .await
+    }
+
+    async fn git_ops_status(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<GitOpsStatusReply>, Status> {
+        self.call(Method::GitOpsStatus, request, |_| {
+            crate::gitops::status(&self.config.secrets_dir)
+        })
+        .await
+    }
+
+    async fn git_ops_sync(&self, request: Request<Empty>) -> Result<Response<Empty>, Status> {
+        self.call(Method::GitOpsSync, request, |_| async move {
+            crate::gitops::sync(&self.config.secrets_dir).await?;
+            Ok(Empty {})
+        })
+        .await
+    }
+
+    async fn git_ops_suspend(
+        &self,
+        request: Request<GitOpsSuspendRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        self.call(Method::GitOpsSuspend, request, |r| async move {
+            crate::gitops::suspend(&self.config.secrets_dir, r.suspend).await?;
+            Ok(Empty {})
         })
         .await
     }
