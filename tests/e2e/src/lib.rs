@@ -7,6 +7,8 @@
 //! no test-only entry: everything goes through the machine API. They run one VM at
 //! a time: the machine has two cores.
 
+pub mod gitops;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -430,4 +432,11 @@ impl Kubectl {
             }
         }
     }
+}
+
+/// The `p` quantile (0..=1) of `v` by the nearest rank; sorts `v`.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
 }

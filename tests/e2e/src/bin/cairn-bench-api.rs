@@ -14,14 +14,8 @@ use anyhow::{Context, Result};
 use cairn_api::proto::machine_client::MachineClient;
 use cairn_api::proto::{Empty, LogsRequest};
 use tonic::transport::Channel;
-use cairn_e2e::{API_PORT, BOOT_TIMEOUT, Cairnctl, fresh_disk, node_config, node_files};
+use cairn_e2e::{API_PORT, BOOT_TIMEOUT, Cairnctl, fresh_disk, node_config, node_files, percentile};
 use cairn_qemu::Vm;
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
