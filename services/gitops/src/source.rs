@@ -113,6 +113,28 @@ pub struct SourceSpec {
     pub mirror_dir: PathBuf,
 }
 
+impl SourceSpec {
+    /// `url` at `reference`, mirrored in `mirror_dir`, with the defaults: the
+    /// repository root, no credentials, no extra CA, a 60 s timeout, no trusted
+    /// keys, no history rewrites, files up to 1 MiB.
+    pub fn new(url: impl Into<String>, reference: GitRef, mirror_dir: impl Into<PathBuf>) -> SourceSpec {
+        SourceSpec {
+            url: url.into(),
+            reference,
+            path: String::new(),
+            auth: Auth::None,
+            ca_pem: None,
+            known_hosts: None,
+            timeout: Duration::from_secs(60),
+            trusted_ssh_keys: Vec::new(),
+            trusted_pgp_keys: Vec::new(),
+            allow_history_rewrite: false,
+            max_file_size: 1 << 20,
+            mirror_dir: mirror_dir.into(),
+        }
+    }
+}
+
 /// What the status history shows of a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitInfo {

@@ -85,18 +85,8 @@ impl Repo {
 
     fn spec(&self, reference: GitRef, mirror: &Path) -> SourceSpec {
         SourceSpec {
-            url: self.url(),
-            reference,
-            path: String::new(),
-            auth: Auth::None,
-            ca_pem: None,
-            known_hosts: None,
             timeout: Duration::from_secs(20),
-            trusted_ssh_keys: Vec::new(),
-            trusted_pgp_keys: Vec::new(),
-            allow_history_rewrite: false,
-            max_file_size: 1 << 20,
-            mirror_dir: mirror.to_owned(),
+            ..SourceSpec::new(self.url(), reference, mirror)
         }
     }
 

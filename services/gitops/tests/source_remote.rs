@@ -12,18 +12,10 @@ const TOKEN: &str = "tok-3f9a71c2e8";
 
 fn spec(url: String, auth: Auth, mirror: &Path) -> SourceSpec {
     SourceSpec {
-        url,
-        reference: GitRef::Branch("main".into()),
         path: "apps".into(),
         auth,
-        ca_pem: None,
-        known_hosts: None,
         timeout: Duration::from_secs(20),
-        trusted_ssh_keys: Vec::new(),
-        trusted_pgp_keys: Vec::new(),
-        allow_history_rewrite: false,
-        max_file_size: 1 << 20,
-        mirror_dir: mirror.to_owned(),
+        ..SourceSpec::new(url, GitRef::Branch("main".into()), mirror)
     }
 }
 

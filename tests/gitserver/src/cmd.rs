@@ -23,14 +23,20 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 /// A `git` command that ignores the caller's global and system configuration and
-/// any repository the environment points at, and never prompts.
-pub(crate) fn git() -> Command {
+/// any repository the environment points at, and never prompts. `GIT_SSL_CAINFO`
+/// and friends go too: they would override `http.sslCAInfo`.
+pub fn git() -> Command {
     let mut cmd = Command::new("git");
     for var in [
         "GIT_DIR",
         "GIT_WORK_TREE",
         "GIT_INDEX_FILE",
         "GIT_OBJECT_DIRECTORY",
+        "GIT_SSL_CAINFO",
+        "GIT_SSL_CAPATH",
+        "GIT_SSL_NO_VERIFY",
+        "GIT_SSH",
+        "GIT_SSH_COMMAND",
     ] {
         cmd.env_remove(var);
     }

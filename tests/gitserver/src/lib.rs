@@ -19,6 +19,7 @@ mod repo;
 mod ssh;
 mod tls;
 
+pub use cmd::git;
 pub use https::HttpsGitServer;
 pub use repo::{GpgKey, SshSigningKey, TestRepo};
 pub use ssh::SshGitServer;

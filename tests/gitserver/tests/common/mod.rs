@@ -5,24 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// A `git` command that ignores the user's configuration and never prompts.
-/// `GIT_SSL_CAINFO` and friends go too: they would override `http.sslCAInfo`.
-pub fn git() -> Command {
-    let mut cmd = Command::new("git");
-    for var in [
-        "GIT_SSL_CAINFO",
-        "GIT_SSL_CAPATH",
-        "GIT_SSL_NO_VERIFY",
-        "GIT_SSH",
-        "GIT_SSH_COMMAND",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_TERMINAL_PROMPT", "0");
-    cmd
-}
+pub use cairn_testgit::git;
 
 /// Runs `cmd`, returning its output whatever the exit status.
 pub fn output(cmd: &mut Command) -> Output {
