@@ -203,6 +203,13 @@ fn show_a_push(kubectl: &Kubectl, repo: &Path) -> Result<String> {
     git(repo, &["push", "-q", "origin", "main"])?;
     kubectl.wait_until(&["get", "deploy", "-n", "demo", "web", "-o", "jsonpath={.spec.replicas}"], Duration::from_secs(120), |out| out.trim() == to.to_string())?;
     let took = started.elapsed();
+    // The status object follows the apply: the new revision, healthy once its pods are.
+    let head = git(repo, &["rev-parse", "HEAD"])?;
+    kubectl.wait_until(
+        &["get", "gitops", "cairn", "-o", "jsonpath={.status.appliedRevision} {.status.health}"],
+        Duration::from_secs(300),
+        |out| out.trim() == format!("{head} Healthy"),
+    )?;
     let status = kubectl.run(&["get", "gitops", "cairn"])?;
     Ok(format!(
         "GitOps: a `git push` changing demo/web from {from} to {to} replicas was in the cluster {:.1} s later:\n{status}",
