@@ -183,8 +183,11 @@ mod tests {
             .iter()
             .filter(|m| least_role(**m) == Role::Reader)
             .count();
-        assert_eq!(readers, 8);
+        assert_eq!(readers, 9);
         assert_eq!(least_role(Method::ServiceKill), Role::Operator);
+        assert_eq!(least_role(Method::GitOpsStatus), Role::Reader);
+        assert_eq!(least_role(Method::GitOpsSync), Role::Operator);
+        assert_eq!(least_role(Method::GitOpsSuspend), Role::Operator);
         assert_eq!(least_role(Method::ConfigApply), Role::Admin);
         assert_eq!(least_role(Method::EtcdSnapshot), Role::Admin);
         assert_eq!(least_role(Method::ConfigGet), Role::Reader);
