@@ -101,7 +101,9 @@ fn secret_fields(text: &str) -> Vec<Credential> {
         let (start, line) = lines[i];
         i += 1;
         let body = line.trim_start().trim_start_matches("- ");
-        let Some((key, value)) = body.split_once(':') else { continue };
+        let Some((key, value)) = body.split_once(':') else {
+            continue;
+        };
         if !SECRET_FIELDS.contains(&key) {
             continue;
         }
@@ -109,7 +111,9 @@ fn secret_fields(text: &str) -> Vec<Credential> {
         let mut end = start + line.len();
         let v = value.trim();
         if v.is_empty() || v.starts_with('|') || v.starts_with('>') {
-            while i < lines.len() && (lines[i].1.trim().is_empty() || indent(lines[i].1) > indent(line)) {
+            while i < lines.len()
+                && (lines[i].1.trim().is_empty() || indent(lines[i].1) > indent(line))
+            {
                 end = lines[i].0 + lines[i].1.len();
                 i += 1;
             }

@@ -75,7 +75,11 @@ pub async fn sync(secrets: &Path) -> Result<(), Status> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    patch(secrets, json!({"metadata": {"annotations": {SYNC_REQUEST: now.to_string()}}})).await
+    patch(
+        secrets,
+        json!({"metadata": {"annotations": {SYNC_REQUEST: now.to_string()}}}),
+    )
+    .await
 }
 
 pub async fn suspend(secrets: &Path, suspend: bool) -> Result<(), Status> {

@@ -11,8 +11,8 @@ use cairn_api::proto::machine_server::Machine;
 use cairn_api::proto::{
     ConfigApplyReply, ConfigApplyRequest, ConfigGetReply, DataChunk, DmesgRequest, Empty,
     EtcdMembersReply, EtcdStatusReply, GitOpsStatusReply, GitOpsSuspendRequest, HealthReply,
-    KubeconfigReply, LogChunk, LogsRequest,
-    ServiceKillRequest, ServiceListReply, ServiceRequest, VersionReply,
+    KubeconfigReply, LogChunk, LogsRequest, ServiceKillRequest, ServiceListReply, ServiceRequest,
+    VersionReply,
 };
 use cairn_control::PowerAction;
 use cairn_pki::paths;

@@ -22,17 +22,28 @@ pub const SOCKET: &str = "/run/cairn/control.sock";
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Services,
-    Start { name: String },
-    Stop { name: String },
-    Restart { name: String },
-    Signal { name: String, signal: String },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    Restart {
+        name: String,
+    },
+    Signal {
+        name: String,
+        signal: String,
+    },
     Logs {
         name: String,
         /// Last lines to send first; `None` sends everything kept.
         tail_lines: Option<usize>,
         follow: bool,
     },
-    Power { action: PowerAction },
+    Power {
+        action: PowerAction,
+    },
 }
 
 /// An orderly end of this boot, the same path as a signal to PID 1.

@@ -73,7 +73,11 @@ async fn connection(
     let request = match serde_json::from_str::<Request>(&line) {
         Ok(r) => r,
         Err(e) => {
-            return answer(&mut w, refuse(RefusalKind::Invalid, format!("bad request: {e}"))).await;
+            return answer(
+                &mut w,
+                refuse(RefusalKind::Invalid, format!("bad request: {e}")),
+            )
+            .await;
         }
     };
     let result = match request {
@@ -113,7 +117,10 @@ async fn connection(
                 Err(_) => {
                     answer(
                         &mut w,
-                        refuse(RefusalKind::Failed, "PID 1 is not taking power requests".into()),
+                        refuse(
+                            RefusalKind::Failed,
+                            "PID 1 is not taking power requests".into(),
+                        ),
                     )
                     .await
                 }
@@ -140,7 +147,10 @@ async fn logs(
     follow: bool,
 ) -> std::io::Result<()> {
     let got = if follow {
-        supervisor.follow_logs(name).await.map(|(c, f)| (c, Some(f)))
+        supervisor
+            .follow_logs(name)
+            .await
+            .map(|(c, f)| (c, Some(f)))
     } else {
         supervisor.logs(name).await.map(|c| (c, None))
     };
@@ -157,8 +167,10 @@ async fn logs(
         match follower.recv().await {
             Ok(line) => w.write_all(&line).await?,
             Err(RecvError::Lagged(n)) => {
-                w.write_all(format!("[cairn: {n} lines skipped, the reader fell behind]\n").as_bytes())
-                    .await?;
+                w.write_all(
+                    format!("[cairn: {n} lines skipped, the reader fell behind]\n").as_bytes(),
+                )
+                .await?;
             }
             Err(RecvError::Closed) => return w.shutdown().await,
         }

@@ -38,7 +38,10 @@ async fn services_logs_follow_restart_signal_and_power() {
     )
     .expect("serve");
     let mode = std::fs::metadata(&socket).expect("socket").permissions();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
     let client = Client::new(&socket);
 
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -46,7 +49,10 @@ async fn services_logs_follow_restart_signal_and_power() {
     assert_eq!(services.len(), 1);
     let s = &services[0];
     assert_eq!((s.name.as_str(), s.state.as_str()), ("ticker", "ready"));
-    assert!(s.pid.is_some() && s.events.iter().any(|e| e.kind == "started"), "{s:?}");
+    assert!(
+        s.pid.is_some() && s.events.iter().any(|e| e.kind == "started"),
+        "{s:?}"
+    );
 
     // The tail: exactly the last 2 lines.
     let mut tail = client.logs("ticker", Some(2), false).await.expect("logs");

@@ -163,11 +163,17 @@ mod tests {
         let applied = GOOD.replace("node-7", "node-8");
         std::fs::write(&l.state, &applied).expect("apply");
         let (cfg, src) = load(&l).expect("second boot");
-        assert_eq!((cfg.machine.hostname.as_str(), src), ("node-8", Source::State));
+        assert_eq!(
+            (cfg.machine.hostname.as_str(), src),
+            ("node-8", Source::State)
+        );
         // A different fw_cfg config is new again, and wins.
         std::fs::write(&l.fw_cfg, GOOD.replace("node-7", "node-9")).expect("write");
         let (cfg, src) = load(&l).expect("third boot");
-        assert_eq!((cfg.machine.hostname.as_str(), src), ("node-9", Source::FwCfg));
+        assert_eq!(
+            (cfg.machine.hostname.as_str(), src),
+            ("node-9", Source::FwCfg)
+        );
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //! network, sysctls), supervises the services, and owns every signal and every
 //! child until an orderly shutdown ends in reboot(2).
 //!
-//! PID 1 must never exit: every error path ends in [`fatal::halt`], which shows the
+//! PID 1 must never exit: an error that stops the boot, a panic, and the failure
+//! of a long-lived task (see [`tasks`]) end in [`fatal::halt`], which shows the
 //! reason on the console and reboots after a countdown (or holds, for debugging).
+//! Errors that leave the node useful (a service that will not start, a network
+//! that is not there yet) are reported and retried instead.
 
 #[cfg(feature = "bench-plain")]
 mod bench;
@@ -27,6 +30,7 @@ mod power;
 mod shutdown;
 mod stage1;
 mod system;
+mod tasks;
 
 use std::panic::AssertUnwindSafe;
 

@@ -19,6 +19,8 @@ use cairn_services::{Paths, cni, images, kube_apiserver, kubelet};
 use cairn_supervisor::{State, Supervisor};
 use tokio::sync::watch;
 
+use crate::tasks::Tasks;
+
 pub const SECRETS_FW_CFG: &str = "opt/cairn/secrets";
 /// The node's resolvers (written by the network setup).
 const RESOLV_CONF: &str = "/run/cairn/resolv.conf";
@@ -66,6 +68,7 @@ pub fn take_secrets(fw_cfg: &Path, state: &Path) -> Result<Bundle, String> {
 pub async fn run(
     cfg: MachineConfig,
     supervisor: Supervisor,
+    tasks: Tasks,
     bundle: Result<Bundle, String>,
     mut address: watch::Receiver<Option<Ipv4Addr>>,
 ) {
@@ -122,12 +125,11 @@ pub async fn run(
     }
     tracing::info!(event = "kubernetes_starting", node = %cfg.machine.hostname, address = %ip, uptime_ms = crate::console::uptime().as_millis() as u64, "node services registered");
     let secrets = node_paths.secrets.clone();
-    tokio::spawn(apply_cluster_objects(
-        cfg.clone(),
-        supervisor.clone(),
-        secrets.clone(),
-    ));
-    tokio::spawn(configure_cni(cfg, supervisor, secrets));
+    tasks.until_done(
+        "cluster objects",
+        apply_cluster_objects(cfg.clone(), supervisor.clone(), secrets.clone()),
+    );
+    tasks.until_done("CNI config", configure_cni(cfg, supervisor, secrets));
 }
 
 /// Waits until `service` is ready (polling the supervisor's status).

@@ -30,6 +30,7 @@ use crate::fsutil::{kernel_release, mount_fs, mount_once, write};
 use crate::gpt_grow;
 use crate::kmod::Modules;
 use crate::shutdown::{self, Action};
+use crate::tasks::{Lifetime, Tasks};
 
 /// Modules with no modalias to be coldplugged by, needed on every node.
 const SYSTEM_MODULES: &[&str] = &[
@@ -336,12 +337,20 @@ fn sysctls(cfg: &MachineConfig) {
 
 /// The long-running part: everything async, until a shutdown request.
 async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
-    let supervisor = cairn_supervisor::spawn(SupervisorConfig {
+    // Every long-lived task is watched: a panic or an unexpected end of one ends
+    // in fatal::halt below instead of a PID 1 that silently lacks a part.
+    let (tasks, mut failed) = Tasks::new();
+    let (supervisor, actor) = cairn_supervisor::spawn_watched(SupervisorConfig {
         log_dir: Some("/var/log/cairn".into()),
         cgroup_root: Some(SERVICES_CGROUP.into()),
     });
-    cairn_supervisor::spawn_reaper(supervisor.clone());
-    log_milestones(&supervisor);
+    tasks.watch("supervisor", actor, Lifetime::Forever);
+    tasks.watch(
+        "reaper",
+        cairn_supervisor::spawn_reaper(supervisor.clone()),
+        Lifetime::Forever,
+    );
+    log_milestones(&tasks, &supervisor);
 
     let (power_tx, mut power_rx) = mpsc::unbounded_channel();
     let buttons = crate::power::watch(power_tx);
@@ -357,7 +366,7 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
     let net_cfg = cfg.machine.network.clone();
     let host = cfg.machine.hostname.to_string();
     let service_cidr = cfg.cluster.service_cidr;
-    tokio::spawn(async move {
+    tasks.until_done("network", async move {
         // An appliance keeps trying: a cable plugged in later or a DHCP server that
         // comes up after us must still bring the node onto the network.
         let mut delay = Duration::from_secs(1);
@@ -424,7 +433,7 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
     // The machine API server asks PID 1 for what only it can do (services, logs,
     // reboot) on a root-only socket; its power requests join the signals below.
     let (control_power_tx, mut control_power_rx) = mpsc::unbounded_channel();
-    if let Err(e) = cairn_control::serve(
+    match cairn_control::serve(
         cairn_control::ServeConfig {
             socket: cairn_control::SOCKET.into(),
             cgroup_root: Some(SERVICES_CGROUP.into()),
@@ -432,7 +441,10 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
         supervisor.clone(),
         control_power_tx,
     ) {
-        tracing::error!(event = "control_socket_failed", socket = cairn_control::SOCKET, error = ?e.to_string(), "no control socket: the machine API cannot manage this node");
+        Ok(accept_loop) => tasks.watch("control socket", accept_loop, Lifetime::Forever),
+        Err(e) => {
+            tracing::error!(event = "control_socket_failed", socket = cairn_control::SOCKET, error = ?e.to_string(), "no control socket: the machine API cannot manage this node");
+        }
     }
 
     let secrets = crate::node::take_secrets(
@@ -447,12 +459,16 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
             tracing::error!(event = "apid_failed", error = ?e.to_string(), "the machine API server was not registered");
         }
     }
-    tokio::spawn(crate::node::run(
-        cfg.clone(),
-        supervisor.clone(),
-        secrets,
-        address_rx,
-    ));
+    tasks.until_done(
+        "node bring-up",
+        crate::node::run(
+            cfg.clone(),
+            supervisor.clone(),
+            tasks.clone(),
+            secrets,
+            address_rx,
+        ),
+    );
 
     let action = tokio::select! {
         _ = sigint.recv() => Action::Reboot,
@@ -464,16 +480,20 @@ async fn supervise(cfg: MachineConfig) -> Result<Infallible> {
             cairn_control::PowerAction::Reboot => Action::Reboot,
             cairn_control::PowerAction::Poweroff => Action::Poweroff,
         },
+        Some(reason) = failed.recv() => crate::fatal::halt(&reason),
     };
     shutdown::run(action, &supervisor, logind.as_ref()).await
 }
 
-/// Prints a boot-timeline line the first time each service becomes ready.
-fn log_milestones(supervisor: &Supervisor) {
-    let mut events = supervisor.subscribe();
-    tokio::spawn(async move {
-        let mut seen = std::collections::HashSet::new();
-        loop {
+/// Prints a boot-timeline line the first time each service becomes ready (after
+/// a restart of this task, the first time since then).
+fn log_milestones(tasks: &Tasks, supervisor: &Supervisor) {
+    let supervisor = supervisor.clone();
+    tasks.restarting("milestones", move || {
+        let mut events = supervisor.subscribe();
+        async move {
+            let mut seen = std::collections::HashSet::new();
+            loop {
             match events.recv().await {
                 Ok(e) => {
                     if matches!(e.kind, EventKind::Ready) && seen.insert(e.service.clone()) {
@@ -483,6 +503,7 @@ fn log_milestones(supervisor: &Supervisor) {
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
+        }
         }
     });
 }

@@ -60,11 +60,11 @@ pub mod tls;
 pub use backoff::Backoff;
 pub use error::Error;
 pub use event::{Event, EventKind, ExitStatusKind, ServiceStatus, State};
+pub use logs::LogFollower;
 pub use nix::sys::signal::Signal;
 pub use probe::{CustomProbe, Probe};
 pub use reaper::{reap_all, spawn_reaper};
 pub use spec::{
     LogSettings, MAX_NAME_LEN, ProbeSettings, Resources, RestartPolicy, ServiceSpec, validate_name,
 };
-pub use logs::LogFollower;
-pub use supervisor::{Supervisor, SupervisorConfig, spawn};
+pub use supervisor::{Supervisor, SupervisorConfig, spawn, spawn_watched};

@@ -39,8 +39,9 @@ pub fn reap_all(supervisor: &Supervisor) -> usize {
 /// per SIGCHLD. In PID 1 it also reaps orphans that are not services.
 ///
 /// Must be called from within a tokio runtime. If the SIGCHLD handler cannot be
-/// installed the task falls back to sweeping every 100 ms.
-pub fn spawn_reaper(supervisor: Supervisor) {
+/// installed the task falls back to sweeping every 100 ms. Returns the task's
+/// handle; the task runs for as long as SIGCHLD can be received.
+pub fn spawn_reaper(supervisor: Supervisor) -> tokio::task::JoinHandle<()> {
     // Installed before the first sweep, so no SIGCHLD can fall in between.
     let mut sigchld = match signal(SignalKind::child()) {
         Ok(s) => Some(s),
@@ -61,5 +62,5 @@ pub fn spawn_reaper(supervisor: Supervisor) {
                 None => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
         }
-    });
+    })
 }

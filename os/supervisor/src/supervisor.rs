@@ -119,10 +119,20 @@ impl std::fmt::Debug for Supervisor {
 /// # Panics
 /// Panics if called outside a tokio runtime (like `tokio::spawn`).
 pub fn spawn(config: SupervisorConfig) -> Supervisor {
+    spawn_with_fs(config, Arc::new(RealFs)).0
+}
+
+/// [`spawn`], also returning the supervisor task's handle, for a caller that
+/// must notice the task ending (PID 1 watches it: the task runs until every
+/// handle is dropped, so its end or panic there is a failure).
+pub fn spawn_watched(config: SupervisorConfig) -> (Supervisor, tokio::task::JoinHandle<()>) {
     spawn_with_fs(config, Arc::new(RealFs))
 }
 
-pub(crate) fn spawn_with_fs(config: SupervisorConfig, fs: Arc<dyn CgroupFs>) -> Supervisor {
+pub(crate) fn spawn_with_fs(
+    config: SupervisorConfig,
+    fs: Arc<dyn CgroupFs>,
+) -> (Supervisor, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
     let actor = Actor {
@@ -137,8 +147,8 @@ pub(crate) fn spawn_with_fs(config: SupervisorConfig, fs: Arc<dyn CgroupFs>) -> 
         shutdown_waiters: Vec::new(),
         next_token: 0,
     };
-    tokio::spawn(actor.run(rx));
-    Supervisor { tx, events }
+    let task = tokio::spawn(actor.run(rx));
+    (Supervisor { tx, events }, task)
 }
 
 impl Supervisor {
