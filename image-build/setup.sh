@@ -30,7 +30,14 @@ elif ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
 fi
 
 export PATH="/usr/local/go/bin:$HOME/.cargo/bin:$PATH"
+# Rust builds go to a target directory in the same cache, shared by every clone
+# on the machine: a fresh clone (CI's) compiles only the workspace's own crates.
+# Cargo's fingerprints (versions, features, flags, rustc, source mtimes) decide
+# what is reused, so the cache can only save time, never change a result.
+CAIRN_CACHE="${CAIRN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cairn}"
+export CAIRN_CACHE
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CAIRN_CACHE/target}"
 cargo build --release --locked -p cairn-image
-CAIRN_IMAGE="$PWD/target/release/cairn-image"
+CAIRN_IMAGE="$CARGO_TARGET_DIR/release/cairn-image"
 export CAIRN_IMAGE
 "$CAIRN_IMAGE" components build

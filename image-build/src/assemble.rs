@@ -262,21 +262,23 @@ mod tests {
     use crate::cpio::CpioBuilder;
     use crate::gpt;
 
-    const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
-    const BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+    use crate::test_support::{have_tool, skip_unless_ci, systemd_boot_dir};
 
-    fn have_tools() -> bool {
-        Path::new(STUB).exists()
-            && Path::new(BOOT).exists()
-            && ["mksquashfs", "objcopy", "qemu-img"].iter().all(|t| {
-                std::process::Command::new(t)
-                    .arg("--version")
-                    .output()
-                    .is_ok()
-            })
+    /// The pinned systemd-boot directory, once the host tools are there too.
+    fn sdboot() -> Result<PathBuf, String> {
+        for (tool, package) in [
+            ("mksquashfs", "squashfs-tools"),
+            ("objcopy", "binutils"),
+            ("qemu-img", "qemu-utils"),
+        ] {
+            if !have_tool(tool) {
+                return Err(format!("{tool} ({package}) not installed"));
+            }
+        }
+        systemd_boot_dir()
     }
 
-    fn inputs(dir: &Path, epoch: u64) -> ImageInputs {
+    fn inputs(dir: &Path, epoch: u64, sdboot: &Path) -> ImageInputs {
         let root = dir.join("root");
         std::fs::create_dir_all(root.join("usr/bin")).unwrap();
         std::fs::write(
@@ -298,8 +300,8 @@ mod tests {
             cmdline: "console=ttyS0 cairn.slot=a quiet".into(),
             os_release: "ID=cairn\nNAME=cairn\n".into(),
             rootfs_dir: root,
-            systemd_boot: BOOT.into(),
-            stub: STUB.into(),
+            systemd_boot: sdboot.join("systemd-bootx64.efi"),
+            stub: sdboot.join("linuxx64.efi.stub"),
             source_date_epoch: epoch,
             name: "cairn-test".into(),
             slot_size_bytes: Some(8 * MIB),
@@ -308,18 +310,13 @@ mod tests {
 
     #[test]
     fn reproducible_and_input_sensitive() {
-        if !have_tools() {
-            let skip_reason = "mksquashfs/objcopy/qemu-img/systemd-boot not installed; skipping";
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "under CI every test must run; missing: {skip_reason}"
-            );
-            eprintln!("mksquashfs/objcopy/qemu-img/systemd-boot not installed; skipping");
-            return;
-        }
+        let sdboot = match sdboot() {
+            Ok(dir) => dir,
+            Err(why) => skip_unless_ci!(why),
+        };
         let t = tempfile::tempdir().unwrap();
         let src = t.path().join("src");
-        let base = inputs(&src, 1_700_000_000);
+        let base = inputs(&src, 1_700_000_000, &sdboot);
         let a = assemble(&base, &t.path().join("a")).unwrap();
         // Touch the rootfs (host mtimes must not leak) and rebuild elsewhere.
         std::fs::write(base.rootfs_dir.join("etc/hostname"), b"cairn\n").unwrap();
@@ -356,11 +353,12 @@ mod tests {
 
     #[test]
     fn slot_too_small_is_reported() {
-        if !have_tools() {
-            return;
-        }
+        let sdboot = match sdboot() {
+            Ok(dir) => dir,
+            Err(why) => skip_unless_ci!(why),
+        };
         let t = tempfile::tempdir().unwrap();
-        let mut i = inputs(&t.path().join("src"), 0);
+        let mut i = inputs(&t.path().join("src"), 0, &sdboot);
         std::fs::write(
             i.rootfs_dir.join("big"),
             (0..3_000_000u32)

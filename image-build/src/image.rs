@@ -14,6 +14,9 @@ use crate::kmodules::ModuleTree;
 use crate::oci::{self, ImageSpec};
 use crate::rootfs::{LibResolver, Tree, install_libraries};
 
+/// Where the systemd-boot-efi package keeps systemd-boot and systemd-stub.
+pub const SYSTEMD_BOOT_EFI_DIR: &str = "usr/lib/systemd/boot/efi";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error(transparent)]
@@ -263,7 +266,7 @@ pub fn build(lock: &Lockfile, cache: &Cache, opts: &ImageOptions) -> Result<Summ
 
     let sdboot = report
         .deb_root("systemd-boot-efi")?
-        .join("usr/lib/systemd/boot/efi");
+        .join(SYSTEMD_BOOT_EFI_DIR);
     let inputs = ImageInputs {
         kernel: kroot.join("boot").join(format!("vmlinuz-{release}")),
         initramfs: initramfs.clone(),

@@ -15,5 +15,7 @@ pub mod qcow2;
 pub mod rootfs;
 pub mod squashfs;
 pub mod static_bins;
+#[cfg(test)]
+mod test_support;
 pub mod tool;
 pub mod uki;

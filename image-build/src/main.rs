@@ -175,7 +175,8 @@ fn run() -> Result<()> {
 /// the benchmark variant in its own target dir so the two never overwrite each other.
 fn build_binaries(bench: bool) -> Result<PathBuf> {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = workspace.join(if bench { "target/bench" } else { "target" });
+    let target = cairn_image::static_bins::target_dir(&workspace);
+    let target = if bench { target.join("bench") } else { target };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
     cmd.current_dir(&workspace)

@@ -2,7 +2,7 @@
 //! the webtest workload) as fully static executables: those images have no
 //! libc and no loader. It runs the one documented command, a nested
 //! `cargo build` for the gnu target with `crt-static`, into its own target
-//! directory (`<workspace>/target/static`) so it neither fights over nor
+//! directory (`<target>/static`, see [`target_dir`]) so it neither fights over nor
 //! invalidates the ordinary build's artifacts:
 //!
 //! ```text
@@ -16,6 +16,23 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+
+/// Cargo's target directory for the workspace at `workspace_root`:
+/// `$CARGO_TARGET_DIR` when set (the README's commands point it at a cache
+/// outside the clone, see `image-build/setup.sh`), else `<workspace>/target`.
+pub fn target_dir(workspace_root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root.join(dir)
+            }
+        }
+        _ => workspace_root.join("target"),
+    }
+}
 
 /// The target the static programs are built for.
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -40,14 +57,14 @@ pub enum StaticBuildError {
 }
 
 /// Builds `bin` of `package` statically (release, `--locked`) and returns the
-/// path of the executable, `<root>/target/static/x86_64-unknown-linux-gnu/release/<bin>`.
+/// path of the executable, `<target>/static/x86_64-unknown-linux-gnu/release/<bin>`.
 /// Uses `$CARGO` when set (as under `cargo test` or `cargo run`), else `cargo`.
 pub fn build_static(
     workspace_root: &Path,
     package: &str,
     bin: &str,
 ) -> Result<PathBuf, StaticBuildError> {
-    let target_dir = workspace_root.join("target/static");
+    let target_dir = target_dir(workspace_root).join("static");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(&cargo)
         .current_dir(workspace_root)

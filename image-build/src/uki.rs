@@ -244,24 +244,23 @@ pub fn make_uki(inputs: &UkiInputs<'_>, out: &Path) -> Result<(), UkiError> {
 mod tests {
     use super::*;
 
-    const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+    use crate::test_support::{have_tool, skip_unless_ci, systemd_boot_dir};
 
-    fn have_tools() -> bool {
-        Path::new(STUB).exists() && Command::new("objcopy").arg("--version").output().is_ok()
+    /// The pinned systemd-stub, once objcopy is there too.
+    fn stub() -> Result<PathBuf, String> {
+        if !have_tool("objcopy") {
+            return Err("objcopy (binutils) not installed".into());
+        }
+        Ok(systemd_boot_dir()?.join("linuxx64.efi.stub"))
     }
 
     #[test]
     fn checksum_matches_the_stubs_own() {
-        if !have_tools() {
-            let skip_reason = "systemd-stub/objcopy not installed; skipping";
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "under CI every test must run; missing: {skip_reason}"
-            );
-            eprintln!("systemd-stub/objcopy not installed; skipping");
-            return;
-        }
-        let bytes = std::fs::read(STUB).unwrap();
+        let stub = match stub() {
+            Ok(stub) => stub,
+            Err(why) => skip_unless_ci!(why),
+        };
+        let bytes = std::fs::read(&stub).unwrap();
         let info = parse_pe(&bytes).unwrap();
         let stored = le(&bytes, info.checksum_offset, 4).unwrap() as u32;
         assert_eq!(pe_checksum(&bytes, info.checksum_offset), stored);
@@ -269,21 +268,16 @@ mod tests {
 
     #[test]
     fn sections_are_aligned_disjoint_and_output_reproducible() {
-        if !have_tools() {
-            let skip_reason = "systemd-stub/objcopy not installed; skipping";
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "under CI every test must run; missing: {skip_reason}"
-            );
-            eprintln!("systemd-stub/objcopy not installed; skipping");
-            return;
-        }
+        let stub = match stub() {
+            Ok(stub) => stub,
+            Err(why) => skip_unless_ci!(why),
+        };
         let t = tempfile::tempdir().unwrap();
         let kernel = t.path().join("vmlinuz");
         std::fs::write(&kernel, vec![0xAB; 123_457]).unwrap();
         let initrd = vec![0xCD; 5000];
         let inputs = UkiInputs {
-            stub: Path::new(STUB),
+            stub: &stub,
             kernel: &kernel,
             initrd: &initrd,
             cmdline: "console=ttyS0 cairn.slot=a",
@@ -305,7 +299,7 @@ mod tests {
         for s in &added {
             assert_eq!(s.rva % SECTION_ALIGN, 0, "{} unaligned", s.name);
         }
-        let stub_end = parse_pe(&std::fs::read(STUB).unwrap()).unwrap().end_rva();
+        let stub_end = parse_pe(&std::fs::read(&stub).unwrap()).unwrap().end_rva();
         assert!(added[0].rva >= stub_end);
         // The stub packs .sbat/.sdmagic closer than their file alignment, so
         // overlap is judged on virtual sizes.

@@ -552,7 +552,11 @@ fn offline_with_a_cold_cache_names_everything_missing() {
 
 #[test]
 fn failing_component_is_named_with_the_go_output_tail() {
-    const BOGUS: &str = "go.etcd.io/etcd/server/v3/cairn-no-such-package";
+    // A package of the wrapper module itself that does not compile: Go fails
+    // in the compiler, with no module look-up (which offline, on a module cache
+    // that holds only what the real build needed, could fail first elsewhere).
+    const BROKEN: &str = "cairn.local/build/etcd/cairnbroken";
+    const UNDEFINED: &str = "cairnNoSuchFunction";
     let _heavy = heavy_shared();
     let lock = real_lock();
     warm_report(&lock, &["etcd"]);
@@ -565,7 +569,7 @@ fn failing_component_is_named_with_the_go_output_tail() {
     );
     let modified = text.replace(
         original,
-        &format!(r#"{{ name = "etcd", package = "{BOGUS}","#),
+        &format!(r#"{{ name = "etcd", package = "{BROKEN}","#),
     );
 
     let dir = tempfile::tempdir().expect("temporary lockfile dir");
@@ -576,11 +580,18 @@ fn failing_component_is_named_with_the_go_output_tail() {
         .parent()
         .expect("image-build dir")
         .join("gomod/etcd");
-    copy_dir(&real_gomod, &dir.path().join("gomod/etcd"));
+    let wrapper = dir.path().join("gomod/etcd");
+    copy_dir(&real_gomod, &wrapper);
+    fs::create_dir_all(wrapper.join("cairnbroken")).expect("package dir");
+    fs::write(
+        wrapper.join("cairnbroken/main.go"),
+        format!("package main\n\nfunc main() {{ {UNDEFINED}() }}\n"),
+    )
+    .expect("writing the broken package");
     let bad = Lockfile::parse(&path, &modified).expect("the modified lockfile parses");
     assert_eq!(
         bad.go_component("etcd").expect("etcd").binaries[0].package,
-        BOGUS
+        BROKEN
     );
 
     let real = Cache::from_env();
@@ -599,15 +610,15 @@ fn failing_component_is_named_with_the_go_output_tail() {
             assert_eq!(component, "etcd");
             assert_eq!(binary, "etcd");
             assert!(
-                tail.contains(BOGUS),
-                "the Go output tail does not mention the package: {tail}"
+                tail.contains(UNDEFINED),
+                "the Go output tail does not show the compiler's error: {tail}"
             );
         }
         other => panic!("expected GoBuild, got: {other}"),
     }
     assert!(shown.contains("etcd"), "{shown}");
     assert!(
-        shown.contains(BOGUS),
+        shown.contains(UNDEFINED),
         "Display lacks Go's error output: {shown}"
     );
     assert!(

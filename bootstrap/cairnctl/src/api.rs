@@ -118,7 +118,12 @@ pub async fn run(ctx: &Context, cmd: Cmd) -> Result<i32> {
             }
         }
         Cmd::Services => {
-            each_node!(ctx, "ServiceList", |c| c.service_list(empty), ServicesView::from)?;
+            each_node!(
+                ctx,
+                "ServiceList",
+                |c| c.service_list(empty),
+                ServicesView::from
+            )?;
         }
         Cmd::Restart { name } => service(ctx, ServiceCmd::Restart { name }).await?,
         Cmd::Service(cmd) => service(ctx, cmd).await?,
@@ -153,7 +158,9 @@ pub async fn run(ctx: &Context, cmd: Cmd) -> Result<i32> {
             each_node!(ctx, "Reboot", |c| c.reboot(empty), |_| Done("rebooting"))?;
         }
         Cmd::Shutdown => {
-            each_node!(ctx, "Shutdown", |c| c.shutdown(empty), |_| Done("shutting down"))?;
+            each_node!(ctx, "Shutdown", |c| c.shutdown(empty), |_| Done(
+                "shutting down"
+            ))?;
         }
         Cmd::Kubeconfig { server, .. } => {
             let node = ctx.one_node("kubeconfig")?;
@@ -164,26 +171,44 @@ pub async fn run(ctx: &Context, cmd: Cmd) -> Result<i32> {
                 .await
                 .map_err(|s| status(node, "Kubeconfig", s))?
                 .into_inner();
-            let text = String::from_utf8(reply.kubeconfig).context("the kubeconfig is not UTF-8")?;
+            let text =
+                String::from_utf8(reply.kubeconfig).context("the kubeconfig is not UTF-8")?;
             print!("{}", cairnctl::with_server(&text, server.as_deref())?);
         }
         Cmd::Etcd(EtcdCmd::Members) => {
-            each_node!(ctx, "EtcdMembers", |c| c.etcd_members(empty), MembersView::from)?;
+            each_node!(
+                ctx,
+                "EtcdMembers",
+                |c| c.etcd_members(empty),
+                MembersView::from
+            )?;
         }
         Cmd::Etcd(EtcdCmd::Status) => {
-            each_node!(ctx, "EtcdStatus", |c| c.etcd_status(empty), EtcdStatusView::from)?;
+            each_node!(
+                ctx,
+                "EtcdStatus",
+                |c| c.etcd_status(empty),
+                EtcdStatusView::from
+            )?;
         }
         Cmd::Etcd(EtcdCmd::Defrag) => {
-            each_node!(ctx, "EtcdDefragment", |c| c.etcd_defragment(empty), |_| Done(
-                "defragmented"
-            ))?;
+            each_node!(ctx, "EtcdDefragment", |c| c.etcd_defragment(empty), |_| {
+                Done("defragmented")
+            })?;
         }
         Cmd::Etcd(EtcdCmd::Snapshot { file }) => snapshot(ctx, &file).await?,
         Cmd::Gitops(GitopsCmd::Status) => {
-            each_node!(ctx, "GitOpsStatus", |c| c.git_ops_status(empty), GitopsView::from)?;
+            each_node!(
+                ctx,
+                "GitOpsStatus",
+                |c| c.git_ops_status(empty),
+                GitopsView::from
+            )?;
         }
         Cmd::Gitops(GitopsCmd::Sync) => {
-            each_node!(ctx, "GitOpsSync", |c| c.git_ops_sync(empty), |_| Done("sync requested"))?;
+            each_node!(ctx, "GitOpsSync", |c| c.git_ops_sync(empty), |_| Done(
+                "sync requested"
+            ))?;
         }
         Cmd::Gitops(cmd @ (GitopsCmd::Suspend | GitopsCmd::Resume)) => {
             let suspend = matches!(cmd, GitopsCmd::Suspend);
@@ -206,7 +231,9 @@ pub async fn run(ctx: &Context, cmd: Cmd) -> Result<i32> {
             match ctx.format {
                 Format::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "config": reply.config_yaml }))?
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "config": reply.config_yaml })
+                    )?
                 ),
                 _ => print!("{}", reply.config_yaml),
             }
@@ -249,10 +276,12 @@ async fn service(ctx: &Context, cmd: ServiceCmd) -> Result<()> {
         |c| async {
             match &cmd {
                 ServiceCmd::Start { name } => {
-                    c.service_start(proto::ServiceRequest { name: name.clone() }).await
+                    c.service_start(proto::ServiceRequest { name: name.clone() })
+                        .await
                 }
                 ServiceCmd::Stop { name } => {
-                    c.service_stop(proto::ServiceRequest { name: name.clone() }).await
+                    c.service_stop(proto::ServiceRequest { name: name.clone() })
+                        .await
                 }
                 ServiceCmd::Restart { name } => {
                     c.service_restart(proto::ServiceRequest { name: name.clone() })
@@ -381,7 +410,15 @@ impl From<proto::VersionReply> for VersionView {
 
 impl Tabular for VersionView {
     fn headers() -> &'static [&'static str] {
-        &["CAIRN", "HOSTNAME", "ADDRESS", "ROLE", "KERNEL", "KUBERNETES", "UPTIME"]
+        &[
+            "CAIRN",
+            "HOSTNAME",
+            "ADDRESS",
+            "ROLE",
+            "KERNEL",
+            "KUBERNETES",
+            "UPTIME",
+        ]
     }
     fn rows(&self) -> Vec<Vec<String>> {
         vec![vec![
@@ -484,7 +521,15 @@ impl From<proto::ServiceListReply> for ServicesView {
 
 impl Tabular for ServicesView {
     fn headers() -> &'static [&'static str] {
-        &["SERVICE", "STATE", "READY", "RESTARTS", "PID", "MEMORY", "LAST EVENT"]
+        &[
+            "SERVICE",
+            "STATE",
+            "READY",
+            "RESTARTS",
+            "PID",
+            "MEMORY",
+            "LAST EVENT",
+        ]
     }
     fn rows(&self) -> Vec<Vec<String>> {
         self.0
@@ -496,7 +541,9 @@ impl Tabular for ServicesView {
                     s.ready.to_string(),
                     s.restarts.to_string(),
                     s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                    s.memory_bytes.map(output::bytes).unwrap_or_else(|| "-".into()),
+                    s.memory_bytes
+                        .map(output::bytes)
+                        .unwrap_or_else(|| "-".into()),
                     s.last_event
                         .as_ref()
                         .map(|e| {
@@ -588,7 +635,16 @@ impl From<proto::EtcdStatusReply> for EtcdStatusView {
 
 impl Tabular for EtcdStatusView {
     fn headers() -> &'static [&'static str] {
-        &["MEMBER", "LEADER", "VERSION", "DB SIZE", "IN USE", "RAFT INDEX", "RAFT TERM", "ERRORS"]
+        &[
+            "MEMBER",
+            "LEADER",
+            "VERSION",
+            "DB SIZE",
+            "IN USE",
+            "RAFT INDEX",
+            "RAFT TERM",
+            "ERRORS",
+        ]
     }
     fn rows(&self) -> Vec<Vec<String>> {
         let size = |n: i64| output::bytes(u64::try_from(n).unwrap_or(0));
@@ -642,7 +698,15 @@ impl From<proto::GitOpsStatusReply> for GitopsView {
 
 impl Tabular for GitopsView {
     fn headers() -> &'static [&'static str] {
-        &["APPLIED", "SEEN", "HEALTH", "SUSPENDED", "OBJECTS", "LEADER", "LAST ERROR"]
+        &[
+            "APPLIED",
+            "SEEN",
+            "HEALTH",
+            "SUSPENDED",
+            "OBJECTS",
+            "LEADER",
+            "LAST ERROR",
+        ]
     }
     fn rows(&self) -> Vec<Vec<String>> {
         let short = |r: &str| r.chars().take(12).collect::<String>();

@@ -14,8 +14,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use cairn_machine_config::{Hostname, MachineConfig};
 use cairn_api::Role;
+use cairn_machine_config::{Hostname, MachineConfig};
 use cairn_pki::{Bundle, ClusterParams, OffsetDateTime, paths};
 
 /// What `gen config` writes.

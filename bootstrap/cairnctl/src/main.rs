@@ -94,9 +94,15 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ServiceCmd {
-    Start { name: String },
-    Stop { name: String },
-    Restart { name: String },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    Restart {
+        name: String,
+    },
     /// Send a signal to the service's main process.
     Kill {
         name: String,
@@ -112,7 +118,9 @@ enum EtcdCmd {
     /// Defragment the node's etcd (admin).
     Defrag,
     /// Save a snapshot of the keyspace (admin).
-    Snapshot { file: PathBuf },
+    Snapshot {
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -204,14 +212,22 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Cmd::Gen(cmd) => gen_cmd(cmd).map(|()| 0),
         Cmd::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "cairnctl", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "cairnctl",
+                &mut std::io::stdout(),
+            );
             Ok(0)
         }
         Cmd::Kubeconfig {
             secrets: Some(secrets),
             server,
         } => {
-            print!("{}", cairnctl::admin_kubeconfig(&secrets, server.as_deref())?);
+            print!(
+                "{}",
+                cairnctl::admin_kubeconfig(&secrets, server.as_deref())?
+            );
             Ok(0)
         }
         command => {

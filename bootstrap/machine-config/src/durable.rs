@@ -40,4 +40,3 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     File::open(&dir)?.sync_all()
 }
-

@@ -247,7 +247,6 @@ impl Default for Network {
     }
 }
 
-
 /// Debugging switches; all off in production.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -454,7 +453,9 @@ impl GitSource {
             ));
         }
         if u.starts_with("ssh://") && self.known_hosts.is_none() {
-            return Err("gitops.knownHosts: an ssh:// URL needs the server's known_hosts lines".into());
+            return Err(
+                "gitops.knownHosts: an ssh:// URL needs the server's known_hosts lines".into(),
+            );
         }
         if self.interval_seconds == Some(0) {
             return Err("gitops.intervalSeconds: must be at least 1".into());
@@ -487,7 +488,9 @@ impl GitSource {
         }
         if let Some(c) = &self.commit {
             if c.len() != 40 || !c.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(format!("gitops.commit: `{c}` is not a full 40-digit commit id"));
+                return Err(format!(
+                    "gitops.commit: `{c}` is not a full 40-digit commit id"
+                ));
             }
         }
         if let Some(w) = &self.webhook {
@@ -705,9 +708,15 @@ mod tests {
         let full = format!(
             "{base}gitops:\n  url: https://h/r.git\n  auth:\n    token: t\n  webhook:\n    secret: 0123456789abcdef\n  prune:\n    maxDeletePercent: 30\n  health:\n    autoRollback: false\n"
         );
-        let g = MachineConfig::parse("m", &full).expect("full").gitops.expect("gitops");
+        let g = MachineConfig::parse("m", &full)
+            .expect("full")
+            .gitops
+            .expect("gitops");
         assert_eq!((g.prune.max_delete_percent, g.prune.enabled), (30, true));
-        assert_eq!((g.health.auto_rollback, g.health.timeout_seconds), (false, 120));
+        assert_eq!(
+            (g.health.auto_rollback, g.health.timeout_seconds),
+            (false, 120)
+        );
         assert_eq!(g.webhook.map(|w| w.port), Some(9443));
         let bad = format!("{base}gitops:\n  url: ftp://x/r\n");
         assert!(

@@ -2,8 +2,8 @@
 //! operator or tool, with its role as the Organization.
 
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -42,14 +42,15 @@ pub fn issue_os_client(
     let issuer = Issuer::from_ca_cert_pem(&text(paths::OS_CA.crt)?, ca_key)
         .map_err(|e| failed(format!("{}: {e}", paths::OS_CA.crt)))?;
 
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| failed(e.to_string()))?;
+    let key =
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| failed(e.to_string()))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, organization);
     dn.push(DnType::CommonName, name);
     let mut params = CertificateParams::default();
     params.distinguished_name = dn;
-    let start = OffsetDateTime::from_unix_timestamp(not_before.unix_timestamp()).unwrap_or(not_before);
+    let start =
+        OffsetDateTime::from_unix_timestamp(not_before.unix_timestamp()).unwrap_or(not_before);
     params.not_before = start;
     params.not_after = start + validity;
     params.is_ca = IsCa::ExplicitNoCa;

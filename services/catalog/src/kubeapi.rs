@@ -134,7 +134,12 @@ impl ApiClient {
     }
 
     /// A JSON merge patch of the object at `path`, recorded as field manager `manager`.
-    pub async fn merge_patch(&self, path: &str, patch: &Value, manager: &str) -> Result<Value, ApiError> {
+    pub async fn merge_patch(
+        &self,
+        path: &str,
+        patch: &Value,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
         let body = serde_json::to_vec(patch).map_err(|e| ApiError::Object {
             what: path.to_string(),
             message: e.to_string(),

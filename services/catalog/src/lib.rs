@@ -251,11 +251,9 @@ mod tests {
         for s in &specs {
             s.validate().expect("valid spec");
         }
-        assert!(
-            specs[0]
-                .args
-                .contains(&"--listen-client-urls=https://127.0.0.1:12379,https://10.0.2.15:12379".into())
-        );
+        assert!(specs[0].args.contains(
+            &"--listen-client-urls=https://127.0.0.1:12379,https://10.0.2.15:12379".into()
+        ));
         assert!(
             specs[1]
                 .args

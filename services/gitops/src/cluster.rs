@@ -69,7 +69,11 @@ impl Kinds {
     pub fn resolve(&self, api_version: &str, kind: &str) -> Option<Resolved> {
         let (group, version) = split_api_version(api_version);
         let gvk = GroupVersionKind::gvk(group, version, kind);
-        let d = self.discovery.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let d = self
+            .discovery
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         d.resolve_gvk(&gvk).map(|(ar, caps)| Resolved {
             ar,
             namespaced: caps.scope == Scope::Namespaced,
@@ -319,7 +323,10 @@ pub async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client
         .await
         .with_context(|| format!("kubeconfig {}", kubeconfig.display()))?;
     let count = tower::util::MapRequestLayer::new(|req: http::Request<kube::client::Body>| {
-        let watch = req.uri().query().is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
+        let watch = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
         if req.method() == http::Method::GET {
             if !watch {
                 READS.fetch_add(1, Ordering::Relaxed);

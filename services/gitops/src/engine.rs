@@ -274,7 +274,11 @@ impl Engine {
             s
         };
         for stage in stages {
-            let items: Vec<&Planned> = desired.objects.iter().filter(|p| p.stage == stage).collect();
+            let items: Vec<&Planned> = desired
+                .objects
+                .iter()
+                .filter(|p| p.stage == stage)
+                .collect();
             let mut resolved = Vec::with_capacity(items.len());
             for p in &items {
                 match self.resolve(p) {
@@ -286,7 +290,13 @@ impl Engine {
             for r in &resolved {
                 if kinds_seen.insert((r.ar.group.clone(), r.ar.kind.clone())) {
                     if let Err(message) = self.cache.watch(r).await {
-                        return Err((report, EngineError::Cluster { what: "watching".into(), message }));
+                        return Err((
+                            report,
+                            EngineError::Cluster {
+                                what: "watching".into(),
+                                message,
+                            },
+                        ));
                     }
                 }
             }
@@ -326,10 +336,15 @@ impl Engine {
     /// After CRDs were written: wait until each is Established, then discover again.
     async fn settle_definitions(&self, items: &[&Planned]) -> Result<(), EngineError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        for p in items.iter().filter(|p| p.key.kind == "CustomResourceDefinition") {
+        for p in items
+            .iter()
+            .filter(|p| p.key.kind == "CustomResourceDefinition")
+        {
             loop {
                 let live = self.cache.get(&p.key);
-                if live.is_some_and(|l| health::assess(&p.key.group, &p.key.kind, &l) == Health::Healthy) {
+                if live.is_some_and(|l| {
+                    health::assess(&p.key.group, &p.key.kind, &l) == Health::Healthy
+                }) {
                     break;
                 }
                 if tokio::time::Instant::now() > deadline {
@@ -342,10 +357,13 @@ impl Engine {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        self.kinds.refresh().await.map_err(|e| EngineError::Cluster {
-            what: "discovery after applying CRDs".into(),
-            message: cluster::message(&e),
-        })
+        self.kinds
+            .refresh()
+            .await
+            .map_err(|e| EngineError::Cluster {
+                what: "discovery after applying CRDs".into(),
+                message: cluster::message(&e),
+            })
     }
 
     /// One server-side apply; an immutable-field refusal becomes delete and
@@ -369,7 +387,13 @@ impl Engine {
                 cluster::delete(&self.client, r, &p.key, Some(Duration::from_secs(60)))
                     .await
                     .map_err(|e| fail(&e))?;
-                self.events.object(&p.key, &p.api_version, false, "Recreated", "immutable field changed; deleted and re-created".into());
+                self.events.object(
+                    &p.key,
+                    &p.api_version,
+                    false,
+                    "Recreated",
+                    "immutable field changed; deleted and re-created".into(),
+                );
                 cluster::apply(&self.client, r, &p.key, &p.body).await
             }
             other => other,
@@ -381,7 +405,8 @@ impl Engine {
             }
             Err(e) => {
                 let err = fail(&e);
-                self.events.object(&p.key, &p.api_version, true, "ApplyFailed", err.to_string());
+                self.events
+                    .object(&p.key, &p.api_version, true, "ApplyFailed", err.to_string());
                 Err(err)
             }
         }
@@ -455,11 +480,23 @@ impl Engine {
                 Ok(()) => {
                     deleted += 1;
                     tracing::info!(service = "gitops", object = %e.key, "pruned");
-                    self.events.object(&e.key, &e.api_version, false, "Pruned", "removed from git; deleted".into());
+                    self.events.object(
+                        &e.key,
+                        &e.api_version,
+                        false,
+                        "Pruned",
+                        "removed from git; deleted".into(),
+                    );
                 }
                 Err(err) => {
                     tracing::warn!(service = "gitops", object = %e.key, error = %cluster::message(&err), "prune failed; kept in the inventory");
-                    self.events.object(&e.key, &e.api_version, true, "PruneFailed", cluster::message(&err));
+                    self.events.object(
+                        &e.key,
+                        &e.api_version,
+                        true,
+                        "PruneFailed",
+                        cluster::message(&err),
+                    );
                     kept.push(e.clone());
                 }
             }
@@ -489,15 +526,31 @@ impl Engine {
 
     /// A managed object changed in the cluster: re-apply it if it no longer
     /// holds the desired state. Returns whether it was written.
-    pub async fn correct_drift(&self, desired: &Desired, key: &ObjKey) -> Result<bool, EngineError> {
-        let Some(p) = desired.get(key) else { return Ok(false) };
-        if self.cache.get(key).is_some_and(|live| objects::holds(&p.body, Some(&live))) {
+    pub async fn correct_drift(
+        &self,
+        desired: &Desired,
+        key: &ObjKey,
+    ) -> Result<bool, EngineError> {
+        let Some(p) = desired.get(key) else {
+            return Ok(false);
+        };
+        if self
+            .cache
+            .get(key)
+            .is_some_and(|live| objects::holds(&p.body, Some(&live)))
+        {
             return Ok(false);
         }
         let r = self.resolve(p)?;
         self.write(p, &r).await?;
         tracing::info!(service = "gitops", object = %key, "drift reverted");
-        self.events.object(key, &p.api_version, false, "DriftReverted", "a managed field was changed in the cluster; restored from git".into());
+        self.events.object(
+            key,
+            &p.api_version,
+            false,
+            "DriftReverted",
+            "a managed field was changed in the cluster; restored from git".into(),
+        );
         Ok(true)
     }
 }
@@ -506,8 +559,11 @@ impl Engine {
 /// with what was written, new objects appended.
 pub fn merged(last: &Inventory, desired: &Desired, written: &[ObjKey]) -> Inventory {
     let mut entries = last.entries.clone();
-    let at: HashMap<ObjKey, usize> =
-        entries.iter().enumerate().map(|(i, e)| (e.key.clone(), i)).collect();
+    let at: HashMap<ObjKey, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.key.clone(), i))
+        .collect();
     for k in written {
         let Some(p) = desired.get(k) else { continue };
         let e = Entry {

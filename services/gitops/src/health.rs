@@ -66,11 +66,17 @@ pub fn assess(group: &str, kind: &str, live: &Value) -> Health {
                     ));
                 }
             }
-            let want = live.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+            let want = live
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             replicas(live, "availableReplicas", want)
         }),
         ("apps", "StatefulSet") => observed(live).map(|()| {
-            let want = live.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+            let want = live
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             replicas(live, "readyReplicas", want)
         }),
         ("apps", "DaemonSet") => observed(live).map(|()| {
@@ -95,26 +101,28 @@ pub fn assess(group: &str, kind: &str, live: &Value) -> Health {
         } else {
             Health::Progressing("not complete".into())
         }),
-        ("", "Pod") => Ok(match live.pointer("/status/phase").and_then(Value::as_str) {
-            Some("Succeeded") => Health::Healthy,
-            Some("Running") if condition_true(live, "Ready") => Health::Healthy,
-            Some("Failed") => Health::Failed("pod failed".into()),
-            phase => Health::Progressing(format!("phase {}", phase.unwrap_or("unknown"))),
-        }),
-        ("", "PersistentVolumeClaim") => {
-            Ok(match live.pointer("/status/phase").and_then(Value::as_str) {
+        ("", "Pod") => Ok(
+            match live.pointer("/status/phase").and_then(Value::as_str) {
+                Some("Succeeded") => Health::Healthy,
+                Some("Running") if condition_true(live, "Ready") => Health::Healthy,
+                Some("Failed") => Health::Failed("pod failed".into()),
+                phase => Health::Progressing(format!("phase {}", phase.unwrap_or("unknown"))),
+            },
+        ),
+        ("", "PersistentVolumeClaim") => Ok(
+            match live.pointer("/status/phase").and_then(Value::as_str) {
                 Some("Bound") => Health::Healthy,
                 Some("Lost") => Health::Failed("claim lost its volume".into()),
                 phase => Health::Progressing(format!("phase {}", phase.unwrap_or("Pending"))),
-            })
-        }
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => Ok(
-            if condition_true(live, "Established") {
+            },
+        ),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            Ok(if condition_true(live, "Established") {
                 Health::Healthy
             } else {
                 Health::Progressing("not established".into())
-            },
-        ),
+            })
+        }
         ("", "Service") if live.pointer("/spec/type") == Some(&Value::from("LoadBalancer")) => {
             let ingress = live
                 .pointer("/status/loadBalancer/ingress")
@@ -143,24 +151,46 @@ mod tests {
                    "status": {"observedGeneration": obs, "updatedReplicas": 2, "availableReplicas": avail}})
         };
         assert_eq!(assess("apps", "Deployment", &d(2, 2, 2)), Health::Healthy);
-        assert!(matches!(assess("apps", "Deployment", &d(3, 2, 2)), Health::Progressing(_)));
-        assert!(matches!(assess("apps", "Deployment", &d(2, 2, 1)), Health::Progressing(_)));
+        assert!(matches!(
+            assess("apps", "Deployment", &d(3, 2, 2)),
+            Health::Progressing(_)
+        ));
+        assert!(matches!(
+            assess("apps", "Deployment", &d(2, 2, 1)),
+            Health::Progressing(_)
+        ));
         let zero = json!({"metadata": {"generation": 1}, "spec": {"replicas": 0}, "status": {"observedGeneration": 1}});
         assert_eq!(assess("apps", "Deployment", &zero), Health::Healthy);
         let stuck = json!({"metadata": {"generation": 1}, "spec": {"replicas": 1}, "status": {"observedGeneration": 1,
             "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "m"}]}});
-        assert!(matches!(assess("apps", "Deployment", &stuck), Health::Failed(_)));
+        assert!(matches!(
+            assess("apps", "Deployment", &stuck),
+            Health::Failed(_)
+        ));
     }
 
     #[test]
     fn jobs_pods_claims_crds_and_others() {
         let job = json!({"status": {"conditions": [{"type": "Failed", "status": "True", "message": "backoff"}]}});
-        assert_eq!(assess("batch", "Job", &job), Health::Failed("backoff".into()));
+        assert_eq!(
+            assess("batch", "Job", &job),
+            Health::Failed("backoff".into())
+        );
         let pod = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
         assert_eq!(assess("", "Pod", &pod), Health::Healthy);
-        assert!(matches!(assess("", "PersistentVolumeClaim", &json!({"status": {"phase": "Pending"}})), Health::Progressing(_)));
+        assert!(matches!(
+            assess(
+                "",
+                "PersistentVolumeClaim",
+                &json!({"status": {"phase": "Pending"}})
+            ),
+            Health::Progressing(_)
+        ));
         let crd = json!({"status": {"conditions": [{"type": "Established", "status": "True"}]}});
-        assert_eq!(assess("apiextensions.k8s.io", "CustomResourceDefinition", &crd), Health::Healthy);
+        assert_eq!(
+            assess("apiextensions.k8s.io", "CustomResourceDefinition", &crd),
+            Health::Healthy
+        );
         let lb = json!({"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {}}});
         assert!(matches!(assess("", "Service", &lb), Health::Progressing(_)));
         assert_eq!(assess("", "ConfigMap", &json!({})), Health::Healthy);

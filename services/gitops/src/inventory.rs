@@ -39,7 +39,10 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn hashes(&self) -> BTreeMap<&ObjKey, &str> {
-        self.entries.iter().map(|e| (&e.key, e.hash.as_str())).collect()
+        self.entries
+            .iter()
+            .map(|e| (&e.key, e.hash.as_str()))
+            .collect()
     }
 
     /// Reads the node's copy; a missing file is an empty inventory.
@@ -59,7 +62,10 @@ impl Inventory {
     }
 
     /// The cluster's copy, if there is one.
-    pub async fn fetch(client: &kube::Client, name: &str) -> Result<Option<Inventory>, kube::Error> {
+    pub async fn fetch(
+        client: &kube::Client,
+        name: &str,
+    ) -> Result<Option<Inventory>, kube::Error> {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
         let Some(cm) = api.get_opt(&configmap(name)).await? else {
             return Ok(None);
@@ -97,12 +103,32 @@ mod tests {
         let inv = Inventory {
             revision: "abc".into(),
             entries: vec![
-                Entry { key: ObjKey { group: "".into(), kind: "Namespace".into(), namespace: "".into(), name: "n".into() }, api_version: "v1".into(), hash: "h1".into() },
-                Entry { key: ObjKey { group: "apps".into(), kind: "Deployment".into(), namespace: "n".into(), name: "d".into() }, api_version: "apps/v1".into(), hash: "h2".into() },
+                Entry {
+                    key: ObjKey {
+                        group: "".into(),
+                        kind: "Namespace".into(),
+                        namespace: "".into(),
+                        name: "n".into(),
+                    },
+                    api_version: "v1".into(),
+                    hash: "h1".into(),
+                },
+                Entry {
+                    key: ObjKey {
+                        group: "apps".into(),
+                        kind: "Deployment".into(),
+                        namespace: "n".into(),
+                        name: "d".into(),
+                    },
+                    api_version: "apps/v1".into(),
+                    hash: "h2".into(),
+                },
             ],
         };
         let text = serde_json::to_string(&inv).expect("json");
-        let back: Inventory = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}")).expect("back");
+        let back: Inventory = serde_json::from_str(&text)
+            .map_err(|e| format!("{e}: {text}"))
+            .expect("back");
         assert_eq!(back, inv);
     }
 }

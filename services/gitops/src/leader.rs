@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, Identity, Certificate, TlsOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tokio::sync::oneshot;
 
 /// The election's key prefix in etcd, per instance.
@@ -50,7 +50,9 @@ async fn connect(access: &EtcdAccess) -> Result<Client, LeaderError> {
         what,
         message,
     };
-    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| err("reading credentials", format!("{}: {e}", p.display())));
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| err("reading credentials", format!("{}: {e}", p.display())))
+    };
     let tls = TlsOptions::new()
         .ca_certificate(Certificate::from_pem(read(&access.ca)?))
         .identity(Identity::from_pem(read(&access.cert)?, read(&access.key)?));
@@ -63,7 +65,12 @@ async fn connect(access: &EtcdAccess) -> Result<Client, LeaderError> {
 }
 
 /// Blocks until this process (`identity`) is elected, on a lease of `ttl`.
-pub async fn campaign(access: &EtcdAccess, name: &str, identity: &str, ttl: Duration) -> Result<Leadership, LeaderError> {
+pub async fn campaign(
+    access: &EtcdAccess,
+    name: &str,
+    identity: &str,
+    ttl: Duration,
+) -> Result<Leadership, LeaderError> {
     let err = |what, e: etcd_client::Error| LeaderError {
         endpoint: access.endpoint.clone(),
         what,
@@ -99,7 +106,12 @@ pub async fn campaign(access: &EtcdAccess, name: &str, identity: &str, ttl: Dura
         };
         let _ = tx.send(reason);
     });
-    tracing::info!(service = "gitops", identity, lease, "campaigning for leadership");
+    tracing::info!(
+        service = "gitops",
+        identity,
+        lease,
+        "campaigning for leadership"
+    );
     client
         .campaign(election(name), identity, lease)
         .await

@@ -65,7 +65,10 @@ struct Args {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_target(false).with_ansi(false).init();
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .with_ansi(false)
+        .init();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -88,19 +91,37 @@ fn main() {
 fn url_and_auth(g: &GitSource) -> (String, Auth) {
     let a = &g.auth;
     if let Some(key) = &a.ssh_key {
-        return (g.url.clone(), Auth::SshKey { private_key: key.clone(), passphrase: a.ssh_key_passphrase.clone() });
+        return (
+            g.url.clone(),
+            Auth::SshKey {
+                private_key: key.clone(),
+                passphrase: a.ssh_key_passphrase.clone(),
+            },
+        );
     }
     if let Some(t) = &a.token {
         return (g.url.clone(), Auth::Token(t.clone()));
     }
     if let (Some(u), Some(p)) = (&a.username, &a.password) {
-        return (g.url.clone(), Auth::Basic { username: u.clone(), password: p.clone() });
+        return (
+            g.url.clone(),
+            Auth::Basic {
+                username: u.clone(),
+                password: p.clone(),
+            },
+        );
     }
     if let Some(rest) = g.url.strip_prefix("https://") {
         if let Some((userinfo, host)) = rest.split_once('@').filter(|(u, _)| !u.contains('/')) {
             let url = format!("https://{host}");
             return match userinfo.split_once(':') {
-                Some((u, p)) => (url, Auth::Basic { username: u.into(), password: p.into() }),
+                Some((u, p)) => (
+                    url,
+                    Auth::Basic {
+                        username: u.into(),
+                        password: p.into(),
+                    },
+                ),
                 None => (url, Auth::Token(userinfo.into())),
             };
         }
@@ -135,7 +156,8 @@ fn tls_config(cert: &PathBuf, key: &PathBuf) -> Result<Arc<rustls::ServerConfig>
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
         .with_context(|| format!("reading {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -151,7 +173,8 @@ async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("reading {}", args.config.display()))?;
     let git: GitSource = serde_yaml::from_str(&text)
         .with_context(|| format!("{}: not a gitops section", args.config.display()))?;
-    git.validate().map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    git.validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     let state = StateDir(args.state_dir.clone());
     std::fs::create_dir_all(&state.0).with_context(|| format!("creating {}", state.0.display()))?;
 
@@ -162,7 +185,11 @@ async fn run(args: Args) -> Result<()> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let tls = tls_config(cert, key)?;
         let port = git.webhook.as_ref().map_or(9443, |w| w.port);
-        let secret = git.webhook.as_ref().map(|w| w.secret.clone().into_bytes()).unwrap_or_default();
+        let secret = git
+            .webhook
+            .as_ref()
+            .map(|w| w.secret.clone().into_bytes())
+            .unwrap_or_default();
         let addr = SocketAddr::new(args.listen_address, port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -170,7 +197,16 @@ async fn run(args: Args) -> Result<()> {
         let (trigger, metrics) = (trigger.clone(), metrics.clone());
         tokio::spawn(async move {
             let never = std::future::pending::<()>();
-            if let Err(e) = cairn_gitops::webhook::serve(listener, tls, Arc::new(secret), trigger, metrics, never).await {
+            if let Err(e) = cairn_gitops::webhook::serve(
+                listener,
+                tls,
+                Arc::new(secret),
+                trigger,
+                metrics,
+                never,
+            )
+            .await
+            {
                 tracing::error!(service = "gitops", error = %e, "webhook receiver stopped");
             }
         });
@@ -184,13 +220,23 @@ async fn run(args: Args) -> Result<()> {
                 cert: args.etcd_cert.clone().unwrap_or_default(),
                 key: args.etcd_key.clone().unwrap_or_default(),
             };
-            Some(leader::campaign(&access, &args.name, &args.identity, Duration::from_secs(args.lease_seconds)).await?)
+            Some(
+                leader::campaign(
+                    &access,
+                    &args.name,
+                    &args.identity,
+                    Duration::from_secs(args.lease_seconds),
+                )
+                .await?,
+            )
         }
         None => None,
     };
 
     let client = cluster::client(&args.kubeconfig).await?;
-    status::install(&client, &args.name).await.map_err(|e| anyhow::anyhow!("installing the status kind: {}", cluster::message(&e)))?;
+    status::install(&client, &args.name)
+        .await
+        .map_err(|e| anyhow::anyhow!("installing the status kind: {}", cluster::message(&e)))?;
     let kinds = Kinds::discover(client.clone())
         .await
         .map_err(|e| anyhow::anyhow!("discovery: {}", cluster::message(&e)))?;

@@ -231,7 +231,10 @@ impl Metrics {
             "counter",
             "Requests sent to the API server (watches not counted), by verb.",
         );
-        for (verb, n) in [("read", &crate::cluster::READS), ("write", &crate::cluster::WRITES)] {
+        for (verb, n) in [
+            ("read", &crate::cluster::READS),
+            ("write", &crate::cluster::WRITES),
+        ] {
             line(
                 &mut out,
                 &format!("{name}{{verb=\"{verb}\"}}"),

@@ -74,8 +74,14 @@ impl Stage {
             _ if !namespaced => Stage::Cluster,
             (
                 "",
-                "ServiceAccount" | "ConfigMap" | "Secret" | "LimitRange" | "ResourceQuota"
-                | "PersistentVolumeClaim" | "Service" | "Endpoints",
+                "ServiceAccount"
+                | "ConfigMap"
+                | "Secret"
+                | "LimitRange"
+                | "ResourceQuota"
+                | "PersistentVolumeClaim"
+                | "Service"
+                | "Endpoints",
             )
             | ("rbac.authorization.k8s.io", "Role" | "RoleBinding")
             | ("networking.k8s.io", "NetworkPolicy")
@@ -90,8 +96,10 @@ impl Stage {
 pub fn protected(group: &str, kind: &str) -> bool {
     matches!(
         (group, kind),
-        ("", "Namespace" | "PersistentVolume" | "PersistentVolumeClaim")
-            | ("apiextensions.k8s.io", "CustomResourceDefinition")
+        (
+            "",
+            "Namespace" | "PersistentVolume" | "PersistentVolumeClaim"
+        ) | ("apiextensions.k8s.io", "CustomResourceDefinition")
     )
 }
 
@@ -111,10 +119,13 @@ pub fn normalize(kind: &str, group: &str, body: &mut Value) {
         }
     }
     if group.is_empty() && kind == "Secret" {
-        if let Some(Value::Object(string_data)) = body.as_object_mut().and_then(|o| o.remove("stringData")) {
-            let data = body
-                .as_object_mut()
-                .map(|o| o.entry("data").or_insert_with(|| Value::Object(Default::default())));
+        if let Some(Value::Object(string_data)) =
+            body.as_object_mut().and_then(|o| o.remove("stringData"))
+        {
+            let data = body.as_object_mut().map(|o| {
+                o.entry("data")
+                    .or_insert_with(|| Value::Object(Default::default()))
+            });
             if let Some(Value::Object(data)) = data {
                 for (k, v) in string_data {
                     let text = match v {
@@ -147,9 +158,7 @@ pub fn holds(desired: &Value, live: Option<&Value>) -> bool {
         (Value::Object(d), None) => d.is_empty(),
         (Value::Array(d), None) => d.is_empty(),
         (_, None) => false,
-        (Value::Object(d), Some(Value::Object(l))) => {
-            d.iter().all(|(k, v)| holds(v, l.get(k)))
-        }
+        (Value::Object(d), Some(Value::Object(l))) => d.iter().all(|(k, v)| holds(v, l.get(k))),
         (Value::Array(d), Some(Value::Array(l))) => {
             d.len() == l.len() && d.iter().zip(l).all(|(a, b)| holds(a, Some(b)))
         }
@@ -186,8 +195,14 @@ mod tests {
 
     #[test]
     fn stages_and_protection() {
-        assert_eq!(Stage::of("apiextensions.k8s.io", "CustomResourceDefinition", false), Stage::Definitions);
-        assert_eq!(Stage::of("rbac.authorization.k8s.io", "ClusterRole", false), Stage::Cluster);
+        assert_eq!(
+            Stage::of("apiextensions.k8s.io", "CustomResourceDefinition", false),
+            Stage::Definitions
+        );
+        assert_eq!(
+            Stage::of("rbac.authorization.k8s.io", "ClusterRole", false),
+            Stage::Cluster
+        );
         assert_eq!(Stage::of("", "ConfigMap", true), Stage::Config);
         assert_eq!(Stage::of("apps", "Deployment", true), Stage::Workloads);
         assert_eq!(Stage::of("example.com", "Widget", true), Stage::Workloads);

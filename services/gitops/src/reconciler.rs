@@ -131,13 +131,19 @@ impl Reconciler {
                 Ok(desired) => {
                     let started = Instant::now();
                     match self.engine.apply(&desired, &self.inventory).await {
-                        Ok(report) => tracing::info!(service = "gitops", revision = %rev, written = report.written.len(), unchanged = report.unchanged, ms = started.elapsed().as_millis() as u64, "resumed"),
-                        Err((_, e)) => tracing::warn!(service = "gitops", revision = %rev, error = %e, "resuming: the applied revision did not apply cleanly"),
+                        Ok(report) => {
+                            tracing::info!(service = "gitops", revision = %rev, written = report.written.len(), unchanged = report.unchanged, ms = started.elapsed().as_millis() as u64, "resumed")
+                        }
+                        Err((_, e)) => {
+                            tracing::warn!(service = "gitops", revision = %rev, error = %e, "resuming: the applied revision did not apply cleanly")
+                        }
                     }
                     self.metrics.managed_objects(desired.objects.len() as u64);
                     self.desired = Some(desired);
                 }
-                Err(e) => tracing::warn!(service = "gitops", revision = %rev, error = %e, "resuming: the applied revision is not readable from the mirror"),
+                Err(e) => {
+                    tracing::warn!(service = "gitops", revision = %rev, error = %e, "resuming: the applied revision is not readable from the mirror")
+                }
             }
         }
         self.publish().await;
@@ -153,7 +159,8 @@ impl Reconciler {
     }
 
     async fn publish(&mut self) {
-        if let Err(e) = status::publish(&self.engine.client, &self.engine.name, &self.status).await {
+        if let Err(e) = status::publish(&self.engine.client, &self.engine.name, &self.status).await
+        {
             tracing::warn!(service = "gitops", error = %crate::cluster::message(&e), "writing the status object");
         }
     }
@@ -236,9 +243,15 @@ impl Reconciler {
             if let Some(desired) = &self.desired {
                 let compared = Instant::now();
                 match self.engine.apply(desired, &self.inventory).await {
-                    Ok(r) if r.written.is_empty() => tracing::info!(service = "gitops", revision = %head, unchanged = r.unchanged, ms = compared.elapsed().as_millis() as u64, "in sync"),
-                    Ok(r) => tracing::info!(service = "gitops", revision = %head, written = r.written.len(), unchanged = r.unchanged, ms = compared.elapsed().as_millis() as u64, "drifted objects re-applied"),
-                    Err((_, e)) => tracing::warn!(service = "gitops", error = %e, "re-applying drifted objects"),
+                    Ok(r) if r.written.is_empty() => {
+                        tracing::info!(service = "gitops", revision = %head, unchanged = r.unchanged, ms = compared.elapsed().as_millis() as u64, "in sync")
+                    }
+                    Ok(r) => {
+                        tracing::info!(service = "gitops", revision = %head, written = r.written.len(), unchanged = r.unchanged, ms = compared.elapsed().as_millis() as u64, "drifted objects re-applied")
+                    }
+                    Err((_, e)) => {
+                        tracing::warn!(service = "gitops", error = %e, "re-applying drifted objects")
+                    }
                 }
                 // A revision that failed its health check with nothing to roll back
                 // to stays applied; it is healthy once its objects get there (a slow
@@ -295,17 +308,37 @@ impl Reconciler {
         self.metrics.objects_pruned(pruned as u64);
         self.metrics.managed_objects(desired.objects.len() as u64);
         tracing::info!(service = "gitops", revision = %head, written = report.written.len(), unchanged = report.unchanged, pruned, "applied");
-        self.engine.events.sync(false, "Applied", format!("revision {head}: {} objects written, {} unchanged, {pruned} pruned", report.written.len(), report.unchanged));
+        self.engine.events.sync(
+            false,
+            "Applied",
+            format!(
+                "revision {head}: {} objects written, {} unchanged, {pruned} pruned",
+                report.written.len(),
+                report.unchanged
+            ),
+        );
         for key in report.written.iter().take(20) {
             if let Some(p) = desired.get(key) {
-                self.engine.events.object(key, &p.api_version, false, "Applied", format!("applied revision {}", &head[..head.len().min(12)]));
+                self.engine.events.object(
+                    key,
+                    &p.api_version,
+                    false,
+                    "Applied",
+                    format!("applied revision {}", &head[..head.len().min(12)]),
+                );
             }
         }
         self.desired = Some(desired);
         Ok(())
     }
 
-    async fn finish(&mut self, head: &str, started: Instant, result: Result<(), RevisionError>, rollback: bool) {
+    async fn finish(
+        &mut self,
+        head: &str,
+        started: Instant,
+        result: Result<(), RevisionError>,
+        rollback: bool,
+    ) {
         match result {
             Ok(()) => {
                 self.status.applied_revision = head.to_string();
@@ -313,16 +346,32 @@ impl Reconciler {
                 self.status.last_applied_time = status::now();
                 self.status.objects = self.inventory.entries.len() as u64;
                 self.status.health = "Progressing".into();
-                self.status.record(head, if rollback { "rolled-back-to" } else { "applied" }, "");
+                self.status.record(
+                    head,
+                    if rollback {
+                        "rolled-back-to"
+                    } else {
+                        "applied"
+                    },
+                    "",
+                );
                 let unix = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
                 self.metrics.applied(head, unix);
-                self.metrics.reconcile_finished(started.elapsed(), "success");
+                self.metrics
+                    .reconcile_finished(started.elapsed(), "success");
                 self.health_deadline = Some(Instant::now() + self.engine.settings.health_timeout);
                 self.publish().await;
                 self.check_health().await;
             }
             Err(e) => {
-                let refused = !matches!(&e, RevisionError::Engine(EngineError::Apply { .. } | EngineError::Immutable { .. } | EngineError::Cluster { .. }));
+                let refused = !matches!(
+                    &e,
+                    RevisionError::Engine(
+                        EngineError::Apply { .. }
+                            | EngineError::Immutable { .. }
+                            | EngineError::Cluster { .. }
+                    )
+                );
                 let verdict = if refused { "refused" } else { "failed" };
                 self.metrics.error(e.kind());
                 self.metrics.reconcile_finished(started.elapsed(), verdict);
@@ -333,7 +382,11 @@ impl Reconciler {
                     return;
                 }
                 tracing::error!(service = "gitops", revision = %head, error = %e, "revision {verdict}");
-                self.engine.events.sync(true, if refused { "Refused" } else { "Failed" }, format!("revision {head}: {e}"));
+                self.engine.events.sync(
+                    true,
+                    if refused { "Refused" } else { "Failed" },
+                    format!("revision {head}: {e}"),
+                );
                 self.status.last_error = message;
                 self.status.record(head, verdict, e.to_string());
                 self.publish().await;
@@ -347,7 +400,9 @@ impl Reconciler {
 
     /// Health of the applied revision, checked every half second while it is awaited.
     async fn check_health(&mut self) {
-        let (Some(deadline), Some(desired)) = (self.health_deadline, &self.desired) else { return };
+        let (Some(deadline), Some(desired)) = (self.health_deadline, &self.desired) else {
+            return;
+        };
         let revision = desired.revision.clone();
         let failure = match self.engine.health(desired) {
             Health::Healthy => {
@@ -357,14 +412,19 @@ impl Reconciler {
             }
             Health::Failed(why) => why,
             Health::Progressing(why) if Instant::now() >= deadline => {
-                format!("not healthy within {} s: {why}", self.engine.settings.health_timeout.as_secs())
+                format!(
+                    "not healthy within {} s: {why}",
+                    self.engine.settings.health_timeout.as_secs()
+                )
             }
             Health::Progressing(_) => return,
         };
         self.health_deadline = None;
         tracing::error!(service = "gitops", revision = %revision, reason = %failure, "revision unhealthy");
         self.metrics.error("health");
-        self.engine.events.sync(true, "Unhealthy", format!("revision {revision}: {failure}"));
+        self.engine
+            .events
+            .sync(true, "Unhealthy", format!("revision {revision}: {failure}"));
         self.status.health = "Failed".into();
         self.status.last_error = format!("{}: {failure}", &revision[..revision.len().min(12)]);
         self.status.record(&revision, "failed", failure);
@@ -392,11 +452,18 @@ impl Reconciler {
             return;
         }
         let Some(target) = self.node.last_healthy.clone().filter(|t| t != failed) else {
-            tracing::warn!(service = "gitops", "no earlier healthy revision to roll back to");
+            tracing::warn!(
+                service = "gitops",
+                "no earlier healthy revision to roll back to"
+            );
             return;
         };
         tracing::warn!(service = "gitops", failed, target = %target, "rolling back to the last healthy revision");
-        self.engine.events.sync(true, "RollingBack", format!("revision {failed} failed; re-applying {target}"));
+        self.engine.events.sync(
+            true,
+            "RollingBack",
+            format!("revision {failed} failed; re-applying {target}"),
+        );
         let started = Instant::now();
         let result = self.apply_revision(&target, false).await;
         Box::pin(self.finish(&target, started, result, true)).await;
@@ -406,7 +473,11 @@ impl Reconciler {
         if let Err(e) = self.inventory.save(&self.state_dir.inventory()) {
             tracing::warn!(service = "gitops", error = %e, "saving the inventory on the node");
         }
-        if let Err(e) = self.inventory.store(&self.engine.client, &self.engine.name).await {
+        if let Err(e) = self
+            .inventory
+            .store(&self.engine.client, &self.engine.name)
+            .await
+        {
             tracing::warn!(service = "gitops", error = %crate::cluster::message(&e), "saving the inventory in the cluster");
         }
     }

@@ -117,7 +117,11 @@ impl SourceSpec {
     /// `url` at `reference`, mirrored in `mirror_dir`, with the defaults: the
     /// repository root, no credentials, no extra CA, a 60 s timeout, no trusted
     /// keys, no history rewrites, files up to 1 MiB.
-    pub fn new(url: impl Into<String>, reference: GitRef, mirror_dir: impl Into<PathBuf>) -> SourceSpec {
+    pub fn new(
+        url: impl Into<String>,
+        reference: GitRef,
+        mirror_dir: impl Into<PathBuf>,
+    ) -> SourceSpec {
         SourceSpec {
             url: url.into(),
             reference,

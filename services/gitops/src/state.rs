@@ -46,14 +46,18 @@ impl StateDir {
 
     pub fn load(&self) -> Result<NodeState, String> {
         match std::fs::read(self.state()) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| format!("{}: {e}", self.state().display())),
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", self.state().display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeState::default()),
             Err(e) => Err(format!("reading {}: {e}", self.state().display())),
         }
     }
 
     pub fn save(&self, s: &NodeState) -> Result<(), String> {
-        write_durable(&self.state(), &serde_json::to_vec_pretty(s).map_err(|e| e.to_string())?)
+        write_durable(
+            &self.state(),
+            &serde_json::to_vec_pretty(s).map_err(|e| e.to_string())?,
+        )
     }
 }

@@ -130,7 +130,13 @@ pub async fn install(client: &kube::Client, name: &str) -> Result<(), kube::Erro
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let ns = crate::inventory::NAMESPACE;
     namespaces
-        .patch(ns, &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})))
+        .patch(
+            ns,
+            &pp,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            ),
+        )
         .await?;
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource());
     let body = json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": KIND, "metadata": {"name": name}, "spec": {}});
@@ -149,11 +155,19 @@ pub async fn install(client: &kube::Client, name: &str) -> Result<(), kube::Erro
 }
 
 /// Writes `status` to the status object `name`.
-pub async fn publish(client: &kube::Client, name: &str, status: &SyncStatus) -> Result<(), kube::Error> {
+pub async fn publish(
+    client: &kube::Client,
+    name: &str,
+    status: &SyncStatus,
+) -> Result<(), kube::Error> {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource());
     let body = json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": KIND, "metadata": {"name": name}, "status": status});
-    api.patch_status(name, &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(body))
-        .await?;
+    api.patch_status(
+        name,
+        &PatchParams::apply(STATUS_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
     Ok(())
 }
 
@@ -194,7 +208,11 @@ impl Events {
     fn send(&self, reference: ObjectReference, warning: bool, reason: &str, note: String) {
         let recorder = self.recorder.clone();
         let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.to_string(),
             note: Some(note.chars().take(1000).collect()),
             action: reason.to_string(),
@@ -208,7 +226,14 @@ impl Events {
     }
 
     /// An event on one managed object.
-    pub fn object(&self, key: &ObjKey, api_version: &str, warning: bool, reason: &str, note: String) {
+    pub fn object(
+        &self,
+        key: &ObjKey,
+        api_version: &str,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
         let reference = ObjectReference {
             api_version: Some(api_version.to_string()),
             kind: Some(key.kind.clone()),
@@ -251,12 +276,22 @@ pub fn watch_requests(client: &kube::Client, name: &str) -> tokio::sync::watch::
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource());
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     tokio::spawn(async move {
-        let mut objects = watcher(api, config).default_backoff().applied_objects().boxed();
+        let mut objects = watcher(api, config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
         while let Some(o) = objects.next().await {
             let Ok(o) = o else { continue };
             let requests = Requests {
-                suspend: o.data.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false),
-                sync_requested: o.metadata.annotations.and_then(|a| a.get(SYNC_REQUEST).cloned()),
+                suspend: o
+                    .data
+                    .pointer("/spec/suspend")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                sync_requested: o
+                    .metadata
+                    .annotations
+                    .and_then(|a| a.get(SYNC_REQUEST).cloned()),
             };
             tx.send_if_modified(|r| std::mem::replace(r, requests.clone()) != requests);
         }

@@ -43,7 +43,11 @@ spec:
 }
 
 /// `machine_config` with `section` as its `gitops` section, written to `out`.
-pub fn with_gitops(machine_config: &Path, section: serde_json::Value, out: &Path) -> Result<PathBuf> {
+pub fn with_gitops(
+    machine_config: &Path,
+    section: serde_json::Value,
+    out: &Path,
+) -> Result<PathBuf> {
     let base = std::fs::read_to_string(machine_config)
         .with_context(|| format!("reading {}", machine_config.display()))?;
     let mut cfg = MachineConfig::parse(&machine_config.display().to_string(), &base)?;
@@ -55,7 +59,8 @@ pub fn with_gitops(machine_config: &Path, section: serde_json::Value, out: &Path
 /// Writes the machine-API CA of a secrets bundle document (which issued the
 /// node's webhook certificate) to `out`.
 pub fn write_os_ca(secrets: &Path, out: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(secrets).with_context(|| format!("reading {}", secrets.display()))?;
+    let text = std::fs::read_to_string(secrets)
+        .with_context(|| format!("reading {}", secrets.display()))?;
     let bundle = cairn_pki::Bundle::from_document(&text)?;
     let ca = bundle
         .get(cairn_pki::paths::OS_CA.crt)
@@ -67,7 +72,8 @@ pub fn write_os_ca(secrets: &Path, out: &Path) -> Result<()> {
 /// forwarded to 127.0.0.1:`host_port` (verified against `ca`); the HTTP status.
 pub fn post_webhook(host_port: u16, ca: &Path, secret: &str) -> Result<String> {
     let body = r#"{"ref":"refs/heads/main"}"#;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).context("HMAC key")?;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).context("HMAC key")?;
     mac.update(body.as_bytes());
     let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     let out = std::process::Command::new("curl")

@@ -245,7 +245,9 @@ impl Cairnctl {
             match self.run(&["version"]) {
                 Ok(_) => return Ok(()),
                 Err(e) if std::time::Instant::now() >= deadline => {
-                    return Err(e.context(format!("the machine API did not answer within {timeout:?}")));
+                    return Err(
+                        e.context(format!("the machine API did not answer within {timeout:?}"))
+                    );
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(500)),
             }
@@ -259,7 +261,9 @@ pub fn cairnctl_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     for profile in ["release", "debug"] {
-        let p = workspace().join("target").join(profile).join("cairnctl");
+        let p = cairn_image::static_bins::target_dir(&workspace())
+            .join(profile)
+            .join("cairnctl");
         if p.is_file() {
             return p;
         }

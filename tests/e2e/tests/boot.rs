@@ -69,11 +69,17 @@ fn boots_under_uefi_to_etcd_ready() {
     assert_eq!(etcd["state"], "ready", "{etcd}");
     assert_eq!(etcd["pid"].as_i64(), Some(pid), "{etcd}");
     // Memory is read from etcd's own cgroup v2 group (memory.current).
-    assert!(etcd["memory_bytes"].as_u64().unwrap_or(0) > 1 << 20, "{etcd}");
+    assert!(
+        etcd["memory_bytes"].as_u64().unwrap_or(0) > 1 << 20,
+        "{etcd}"
+    );
     let version = ctl.json(&["version"]).expect("cairnctl version");
     let rss_kib = version["init_rss_bytes"].as_u64().expect("init_rss_bytes") / 1024;
     eprintln!("cairn-init resident memory: {rss_kib} KiB");
-    assert!(rss_kib > 0 && rss_kib < 16 * 1024, "PID 1 uses {rss_kib} KiB");
+    assert!(
+        rss_kib > 0 && rss_kib < 16 * 1024,
+        "PID 1 uses {rss_kib} KiB"
+    );
 }
 
 #[test]

@@ -135,7 +135,8 @@ spec:
             vm.console_tail(40)
         )
     });
-    k.run(&["logs", &format!("job/{job}")]).expect("node-side client logs")
+    k.run(&["logs", &format!("job/{job}")])
+        .expect("node-side client logs")
 }
 
 /// `cairnctl logs -f <service>` running in the background, its output collected.
@@ -184,10 +185,10 @@ fn wait_services_ready(ctl: &Cairnctl, names: &[&str], timeout: Duration) -> Vec
     loop {
         let services = ctl.services();
         if let Ok(list) = &services {
-            if names
-                .iter()
-                .all(|n| list.iter().any(|(name, state)| name == n && state == "ready"))
-            {
+            if names.iter().all(|n| {
+                list.iter()
+                    .any(|(name, state)| name == n && state == "ready")
+            }) {
                 return list.clone();
             }
         }
@@ -369,7 +370,8 @@ fn single_node_cluster_end_to_end() {
 
     // `cairnctl restart kubelet`: the node is Ready again.
     let t = Instant::now();
-    ctl.run(&["restart", "kubelet"]).expect("cairnctl restart kubelet");
+    ctl.run(&["restart", "kubelet"])
+        .expect("cairnctl restart kubelet");
     wait_services_ready(&ctl, &["kubelet"], Duration::from_secs(120));
     wait_node_ready(&k, &vm, Duration::from_secs(180));
     eprintln!(

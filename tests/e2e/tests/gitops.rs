@@ -16,11 +16,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cairn_e2e::gitops::{
+    WEBHOOK_PORT, WEBTEST_IMAGE, manifests, post_webhook, with_gitops, write_os_ca,
+};
 use cairn_e2e::{
     CLUSTER_TIMEOUT, Cairnctl, Kubectl, NODE_NAME, fresh_disk, node_config_with, node_files,
     one_vm_at_a_time,
 };
-use cairn_e2e::gitops::{WEBHOOK_PORT, WEBTEST_IMAGE, manifests, post_webhook, with_gitops, write_os_ca};
 use cairn_qemu::{GUEST_FORWARD_ADDR, GuestForward, Vm};
 use cairn_testgit::{HttpsGitServer, TestRepo};
 use serde_json::Value;
@@ -40,7 +42,12 @@ fn machine_config(dir: &Path, server: &HttpsGitServer) -> std::path::PathBuf {
         "webhook": {"secret": WEBHOOK_SECRET},
         "health": {"timeoutSeconds": 60},
     });
-    with_gitops(&node_files().machine_config, section, &dir.join("machine.yaml")).expect("machine config")
+    with_gitops(
+        &node_files().machine_config,
+        section,
+        &dir.join("machine.yaml"),
+    )
+    .expect("machine config")
 }
 
 /// `kubectl get gitops cairn`'s status (Null until it has one).

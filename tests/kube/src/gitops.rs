@@ -11,7 +11,9 @@ use serde_json::Value;
 
 /// A manifest document: a ConfigMap.
 pub fn configmap(ns: &str, name: &str, value: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n")
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
+    )
 }
 
 pub fn namespace(name: &str) -> String {
@@ -26,12 +28,16 @@ pub fn deployment(ns: &str, name: &str, replicas: u32, image: &str) -> String {
 }
 
 pub fn secret(ns: &str, name: &str, value: &str) -> String {
-    format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\nstringData:\n  value: \"{value}\"\n")
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\nstringData:\n  value: \"{value}\"\n"
+    )
 }
 
 /// A ClusterIP Service on port 80 selecting `app: <name>`.
 pub fn service(ns: &str, name: &str) -> String {
-    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  selector:\n    app: {name}\n  ports:\n  - port: 80\n    targetPort: 8080\n")
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  selector:\n    app: {name}\n  ports:\n  - port: 80\n    targetPort: 8080\n"
+    )
 }
 
 pub fn service_account(ns: &str, name: &str) -> String {
@@ -48,7 +54,9 @@ pub fn widget_crd(group: &str) -> String {
 
 /// A `Widget` of [`widget_crd`]`(group)`.
 pub fn widget(group: &str, ns: &str, name: &str, size: usize) -> String {
-    format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  size: {size}\n")
+    format!(
+        "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  size: {size}\n"
+    )
 }
 
 /// The basic `gitops` section for a file:// repository.
@@ -122,13 +130,18 @@ impl Reconciler {
             .args(["--identity", opts.identity, "--name", name]);
         if opts.etcd {
             let tls = fx.etcd_tls();
-            cmd.args(["--etcd-endpoint", &fx.etcd_endpoint(), "--lease-seconds", "6"])
-                .arg("--etcd-ca")
-                .arg(&tls.ca)
-                .arg("--etcd-cert")
-                .arg(&tls.cert)
-                .arg("--etcd-key")
-                .arg(&tls.key);
+            cmd.args([
+                "--etcd-endpoint",
+                &fx.etcd_endpoint(),
+                "--lease-seconds",
+                "6",
+            ])
+            .arg("--etcd-ca")
+            .arg(&tls.ca)
+            .arg("--etcd-cert")
+            .arg(&tls.cert)
+            .arg("--etcd-key")
+            .arg(&tls.key);
         }
         if let Some((cert, key)) = opts.tls {
             cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
@@ -176,7 +189,12 @@ impl Reconciler {
     }
 
     /// Waits until `check` holds on the status; panics with the status and log otherwise.
-    pub fn wait_status(&mut self, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_status(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.status();
@@ -202,7 +220,9 @@ impl Reconciler {
 
     pub fn wait_error(&mut self, contains: &str, timeout: Duration) -> Value {
         self.wait_status(&format!("an error containing {contains:?}"), timeout, |s| {
-            s["lastError"].as_str().is_some_and(|e| e.contains(contains))
+            s["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains(contains))
         })
     }
 }

@@ -8,10 +8,10 @@
 
 use std::time::{Duration, Instant};
 
+use cairn_testkube::KubeFixture;
 pub use cairn_testkube::gitops::{
     Options, Reconciler, configmap, deployment, file_config, namespace, tail, widget, widget_crd,
 };
-use cairn_testkube::KubeFixture;
 use serde_json::Value;
 
 pub fn fixture() -> &'static KubeFixture {

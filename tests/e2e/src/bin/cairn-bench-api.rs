@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use cairn_api::proto::machine_client::MachineClient;
 use cairn_api::proto::{Empty, LogsRequest};
-use tonic::transport::Channel;
-use cairn_e2e::{API_PORT, BOOT_TIMEOUT, Cairnctl, fresh_disk, node_config, node_files, percentile};
+use cairn_e2e::{
+    API_PORT, BOOT_TIMEOUT, Cairnctl, fresh_disk, node_config, node_files, percentile,
+};
 use cairn_qemu::Vm;
+use tonic::transport::Channel;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -57,7 +59,13 @@ fn main() -> Result<()> {
     let endpoint = format!("127.0.0.1:{}", vm.host_port(API_PORT));
     rt.block_on(async {
         let mut client = cairnctl::connect::connect(&cfg, &endpoint).await?;
-        measure(&mut client, "the host to a TCG guest", calls, "kube-apiserver").await
+        measure(
+            &mut client,
+            "the host to a TCG guest",
+            calls,
+            "kube-apiserver",
+        )
+        .await
     })?;
 
     let services = ctl.json(&["services"])?;
@@ -130,7 +138,9 @@ async fn measure(
 }
 
 /// Starts the local server under `dir`; returns a client config and its address.
-async fn local_server(dir: &std::path::Path) -> Result<(cairnctl::clientconfig::ClientConfig, String)> {
+async fn local_server(
+    dir: &std::path::Path,
+) -> Result<(cairnctl::clientconfig::ClientConfig, String)> {
     use cairn_pki::{ClusterParams, Existing, OffsetDateTime};
     let secrets = dir.join("secrets");
     let params = ClusterParams::new(

@@ -104,7 +104,10 @@ fn main() -> Result<()> {
             let version = ctl.json(&["version"])?;
             memory.push((
                 "cairn-init (PID 1, supervisor inside)".into(),
-                version["init_rss_bytes"].as_f64().context("init_rss_bytes")? / (1024.0 * 1024.0),
+                version["init_rss_bytes"]
+                    .as_f64()
+                    .context("init_rss_bytes")?
+                    / (1024.0 * 1024.0),
             ));
             let services = ctl.json(&["services"])?;
             for s in COMPONENTS.iter().chain(&["apid"]) {

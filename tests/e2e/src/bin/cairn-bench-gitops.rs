@@ -55,42 +55,91 @@ const NOOP_WINDOW: Duration = Duration::from_secs(10);
 fn manifests(set: &str, value: &str) -> Vec<(String, String)> {
     let ns = |i: usize| format!("bench-{set}-{}", i % NAMESPACES);
     let group = format!("{set}.bench.cairn.dev");
-    let docs = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>().join("---\n");
+    let docs =
+        |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>().join("---\n");
     let files = [
-        ("00-namespaces", docs(NAMESPACES, &|i| manifest::namespace(&ns(i)))),
+        (
+            "00-namespaces",
+            docs(NAMESPACES, &|i| manifest::namespace(&ns(i))),
+        ),
         ("01-crd", manifest::widget_crd(&group)),
-        ("configmaps", docs(EACH, &|i| {
-            let v = if i == 0 { value.to_string() } else { format!("value-{i}") };
-            manifest::configmap(&ns(i), &format!("config-{i}"), &v)
-        })),
-        ("secrets", docs(EACH, &|i| manifest::secret(&ns(i), &format!("secret-{i}"), &format!("s{i}")))),
-        ("services", docs(EACH, &|i| manifest::service(&ns(i), &format!("svc-{i}")))),
-        ("serviceaccounts", docs(EACH, &|i| manifest::service_account(&ns(i), &format!("sa-{i}")))),
-        ("deployments", docs(EACH, &|i| manifest::deployment(&ns(i), &format!("web-{i}"), 0, "cairn.local/webtest:v1"))),
-        ("widgets", docs(WIDGETS, &|i| manifest::widget(&group, &ns(i), &format!("widget-{i}"), i))),
+        (
+            "configmaps",
+            docs(EACH, &|i| {
+                let v = if i == 0 {
+                    value.to_string()
+                } else {
+                    format!("value-{i}")
+                };
+                manifest::configmap(&ns(i), &format!("config-{i}"), &v)
+            }),
+        ),
+        (
+            "secrets",
+            docs(EACH, &|i| {
+                manifest::secret(&ns(i), &format!("secret-{i}"), &format!("s{i}"))
+            }),
+        ),
+        (
+            "services",
+            docs(EACH, &|i| manifest::service(&ns(i), &format!("svc-{i}"))),
+        ),
+        (
+            "serviceaccounts",
+            docs(EACH, &|i| {
+                manifest::service_account(&ns(i), &format!("sa-{i}"))
+            }),
+        ),
+        (
+            "deployments",
+            docs(EACH, &|i| {
+                manifest::deployment(&ns(i), &format!("web-{i}"), 0, "cairn.local/webtest:v1")
+            }),
+        ),
+        (
+            "widgets",
+            docs(WIDGETS, &|i| {
+                manifest::widget(&group, &ns(i), &format!("widget-{i}"), i)
+            }),
+        ),
     ];
-    files.into_iter().map(|(name, text)| (format!("{name}.yaml"), text)).collect()
+    files
+        .into_iter()
+        .map(|(name, text)| (format!("{name}.yaml"), text))
+        .collect()
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split(' ')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A value of `key=value` in a log line.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split(' ').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
 fn ms_field(line: &str) -> f64 {
-    field(line, "ms").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+    field(line, "ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// The reconciler's log lines whose message is `message`: (unix time, line).
@@ -100,22 +149,38 @@ fn events(g: &Reconciler, message: &str) -> Vec<(f64, String)> {
         .lines()
         .filter_map(|l| {
             let (ts, rest) = l.split_once(' ')?;
-            rest.trim_start().split_once(' ')?.1.starts_with(&head).then_some(())?;
-            let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+            rest.trim_start()
+                .split_once(' ')?
+                .1
+                .starts_with(&head)
+                .then_some(())?;
+            let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+                .ok()?;
             Some((t.unix_timestamp_nanos() as f64 / 1e9, l.to_string()))
         })
         .collect()
 }
 
 /// Waits for a `message` line at or after `after` (unix time) for `revision`.
-fn wait_event(g: &mut Reconciler, message: &str, revision: &str, after: f64) -> Result<(f64, String)> {
+fn wait_event(
+    g: &mut Reconciler,
+    message: &str,
+    revision: &str,
+    after: f64,
+) -> Result<(f64, String)> {
     let deadline = Instant::now() + LONG;
     loop {
-        let hit = events(g, message).into_iter().find(|(t, l)| *t >= after && field(l, "revision") == Some(revision));
+        let hit = events(g, message)
+            .into_iter()
+            .find(|(t, l)| *t >= after && field(l, "revision") == Some(revision));
         if let Some(hit) = hit {
             return Ok(hit);
         }
-        ensure!(g.running() && Instant::now() < deadline, "no {message:?} for {revision}:\n{}", tail(&g.log_text(), 30));
+        ensure!(
+            g.running() && Instant::now() < deadline,
+            "no {message:?} for {revision}:\n{}",
+            tail(&g.log_text(), 30)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -125,7 +190,9 @@ fn requests(port: u16) -> Result<(u64, u64)> {
     let text = curl(&[&format!("https://127.0.0.1:{port}/metrics")])?;
     let get = |verb: &str| {
         let series = format!("cairn_gitops_api_requests_total{{verb=\"{verb}\"}} ");
-        text.lines().find_map(|l| l.strip_prefix(&series)?.parse().ok()).with_context(|| format!("no {series}in /metrics"))
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .with_context(|| format!("no {series}in /metrics"))
     };
     Ok((get("read")?, get("write")?))
 }
@@ -133,8 +200,16 @@ fn requests(port: u16) -> Result<(u64, u64)> {
 /// curl over HTTPS, trusting the fixture's OS CA (the listener's certificate).
 fn curl(args: &[&str]) -> Result<String> {
     let ca = cairn_testkube::shared().secrets().join(OS_CA.crt);
-    let out = Command::new("curl").args(["-sS", "--fail", "--cacert"]).arg(ca).args(args).output()?;
-    ensure!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(ca)
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -143,9 +218,23 @@ fn push_hook(port: u16, revision: &str) -> Result<()> {
     let body = format!(r#"{{"ref":"refs/heads/main","after":"{revision}"}}"#);
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes())?;
     mac.update(body.as_bytes());
-    let signature = format!("X-Hub-Signature-256: sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let signature = format!(
+        "X-Hub-Signature-256: sha256={}",
+        hex::encode(mac.finalize().into_bytes())
+    );
     let url = format!("https://127.0.0.1:{port}/hook");
-    curl(&["-X", "POST", "-H", &signature, "-H", "Content-Type: application/json", "--data-binary", &body, &url]).map(drop)
+    curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &signature,
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &body,
+        &url,
+    ])
+    .map(drop)
 }
 
 /// CPU seconds (user + system) the live processes `pids` used so far.
@@ -162,7 +251,14 @@ fn rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .context("no VmRSS")?;
     Ok(kib / 1024.0)
 }
@@ -178,7 +274,16 @@ impl Watch {
     fn start(ns: &str, name: &str) -> Result<Watch> {
         let mut child = cairn_testkube::shared()
             .kubectl_command()
-            .args(["get", "configmap", name, "-n", ns, "--watch", "-o", r#"jsonpath={.data.value}{"\n"}"#])
+            .args([
+                "get",
+                "configmap",
+                name,
+                "-n",
+                ns,
+                "--watch",
+                "-o",
+                r#"jsonpath={.data.value}{"\n"}"#,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -200,7 +305,10 @@ impl Watch {
         let deadline = Instant::now() + SHORT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let (at, v) = self.values.recv_timeout(left).with_context(|| format!("the ConfigMap never showed {value:?}"))?;
+            let (at, v) = self
+                .values
+                .recv_timeout(left)
+                .with_context(|| format!("the ConfigMap never showed {value:?}"))?;
             if v == value {
                 return Ok(at);
             }
@@ -228,10 +336,19 @@ fn kubectl_apply(work: &Path, set: &str) -> Result<(f64, f64)> {
     let (crd, all) = (dir.join("01-crd.yaml"), dir.display().to_string());
     let (started, cpu) = (Instant::now(), cpu_s(&fx.pids()));
     fx.kubectl(&["apply", "--server-side", "-f", &crd.display().to_string()])?;
-    fx.kubectl(&["wait", "--for=condition=established", "--timeout=60s", &format!("crd/widgets.{set}.bench.cairn.dev")])?;
+    fx.kubectl(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=60s",
+        &format!("crd/widgets.{set}.bench.cairn.dev"),
+    ])?;
     let out = fx.kubectl(&["apply", "--server-side", "-f", &all, "--recursive"])?;
     let took = (started.elapsed().as_secs_f64(), cpu_s(&fx.pids()) - cpu);
-    ensure!(out.lines().count() == OBJECTS, "kubectl applied {} objects:\n{out}", out.lines().count());
+    ensure!(
+        out.lines().count() == OBJECTS,
+        "kubectl applied {} objects:\n{out}",
+        out.lines().count()
+    );
     Ok(took)
 }
 
@@ -241,7 +358,15 @@ fn kubectl_apply(work: &Path, set: &str) -> Result<(f64, f64)> {
 fn settle(set: &str) -> Result<()> {
     for i in 0..NAMESPACES {
         let ns = format!("bench-{set}-{i}");
-        let wait = ["wait", "--for=condition=Available", "deployment", "--all", "-n", &ns, "--timeout=300s"];
+        let wait = [
+            "wait",
+            "--for=condition=Available",
+            "deployment",
+            "--all",
+            "-n",
+            &ns,
+            "--timeout=300s",
+        ];
         cairn_testkube::shared().kubectl(&wait)?;
     }
     std::thread::sleep(SETTLE);
@@ -252,14 +377,30 @@ fn settle(set: &str) -> Result<()> {
 /// listener; returns it with its start, "fetched" and "applied" times (unix
 /// seconds) for `revision`, and the CPU seconds the control plane and the
 /// reconciler used until then.
-fn start(name: &str, dir: &Path, config: &str, revision: &str, binary: &Path) -> Result<(Reconciler, [f64; 5])> {
+fn start(
+    name: &str,
+    dir: &Path,
+    config: &str,
+    revision: &str,
+    binary: &Path,
+) -> Result<(Reconciler, [f64; 5])> {
     let fx = cairn_testkube::shared();
-    let (cert, key) = (fx.secrets().join(OS_SERVER.crt), fx.secrets().join(OS_SERVER.key));
+    let (cert, key) = (
+        fx.secrets().join(OS_SERVER.crt),
+        fx.secrets().join(OS_SERVER.key),
+    );
     let (started, cpu) = (now(), cpu_s(&fx.pids()));
-    let opts = Options { tls: Some((&cert, &key)), binary: Some(binary), ..Default::default() };
+    let opts = Options {
+        tls: Some((&cert, &key)),
+        binary: Some(binary),
+        ..Default::default()
+    };
     let mut g = Reconciler::start(name, dir, config, opts);
     let (applied, line) = wait_event(&mut g, "applied", revision, started)?;
-    ensure!(field(&line, "written") == Some(OBJECTS.to_string().as_str()), "not all objects written: {line}");
+    ensure!(
+        field(&line, "written") == Some(OBJECTS.to_string().as_str()),
+        "not all objects written: {line}"
+    );
     let (cpu, own) = (cpu_s(&fx.pids()) - cpu, cpu_s(&[g.pid()]));
     let fetched = events(&g, "fetched").first().map_or(f64::NAN, |e| e.0);
     Ok((g, [started, fetched, applied, cpu, own]))
@@ -267,15 +408,32 @@ fn start(name: &str, dir: &Path, config: &str, revision: &str, binary: &Path) ->
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
     let binary = arg("--gitops").map_or_else(default_binary, PathBuf::from);
-    let pushes: usize = arg("--pushes").map_or(Ok(50), |n| n.parse()).context("--pushes")?;
-    let drifts: usize = arg("--drifts").map_or(Ok(10), |n| n.parse()).context("--drifts")?;
-    ensure!(binary.is_file(), "{} is missing: cargo build --release -p cairn-gitops", binary.display());
+    let pushes: usize = arg("--pushes")
+        .map_or(Ok(50), |n| n.parse())
+        .context("--pushes")?;
+    let drifts: usize = arg("--drifts")
+        .map_or(Ok(10), |n| n.parse())
+        .context("--drifts")?;
+    ensure!(
+        binary.is_file(),
+        "{} is missing: cargo build --release -p cairn-gitops",
+        binary.display()
+    );
     let load_before = load();
     let fx = cairn_testkube::shared();
-    eprintln!("API server up in {:.1} s; {OBJECTS} objects per set", fx.started_in().as_secs_f64());
-    let work = tempfile::Builder::new().prefix("cairn-bench-gitops-").tempdir()?;
+    eprintln!(
+        "API server up in {:.1} s; {OBJECTS} objects per set",
+        fx.started_in().as_secs_f64()
+    );
+    let work = tempfile::Builder::new()
+        .prefix("cairn-bench-gitops-")
+        .tempdir()?;
     fx.kubectl(&["api-resources"])?; // kubectl's discovery cache warm, as a user's is
 
     // 1. First apply: kubectl, cairn, kubectl.
@@ -291,7 +449,8 @@ fn main() -> Result<()> {
     let port = free_port()?;
     let webhook = |port: u16| format!("webhook:\n  port: {port}\n  secret: {SECRET}\n");
     let config = manifest::file_config(&repo.file_url(), &webhook(port));
-    let (mut g, [started, fetched, applied, cairn_cpu, cairn_own_cpu]) = start("bench", &dir, &config, &rev, &binary)?;
+    let (mut g, [started, fetched, applied, cairn_cpu, cairn_own_cpu]) =
+        start("bench", &dir, &config, &rev, &binary)?;
     let (cairn, cairn_pass) = (applied - started, applied - fetched);
     eprintln!("cairn: {cairn:.2} s from the start, {cairn_pass:.2} s from \"fetched\"");
     let healthy = wait_event(&mut g, "healthy", &rev, applied)?.0 - applied;
@@ -306,10 +465,19 @@ fn main() -> Result<()> {
     let (t0, (reads0, writes0)) = (now(), requests(port)?);
     std::thread::sleep(NOOP_WINDOW);
     let ((reads1, writes1), t1) = (requests(port)?, now());
-    let window = |message| events(&g, message).into_iter().filter(|(t, _)| (t0..=t1).contains(t)).collect::<Vec<_>>();
+    let window = |message| {
+        events(&g, message)
+            .into_iter()
+            .filter(|(t, _)| (t0..=t1).contains(t))
+            .collect::<Vec<_>>()
+    };
     let mut compare: Vec<f64> = window("in sync").iter().map(|(_, l)| ms_field(l)).collect();
     let reapplied = window("drifted objects re-applied").len();
-    ensure!(!compare.is_empty(), "no \"in sync\" pass in the window:\n{}", tail(&g.log_text(), 20));
+    ensure!(
+        !compare.is_empty(),
+        "no \"in sync\" pass in the window:\n{}",
+        tail(&g.log_text(), 20)
+    );
     let (passes, reads, writes) = (compare.len(), reads1 - reads0, writes1 - writes0);
     let rss_noop = rss_mib(g.pid())?;
     eprintln!("no-op: {passes} passes, {reads} reads, {writes} writes");
@@ -320,7 +488,16 @@ fn main() -> Result<()> {
     let mut drift = Vec::new();
     for i in 0..drifts {
         let patch = format!(r#"{{"data":{{"value":"edited-{i}"}}}}"#);
-        fx.kubectl(&["patch", "configmap", "config-0", "-n", "bench-a-0", "--type=merge", "-p", &patch])?;
+        fx.kubectl(&[
+            "patch",
+            "configmap",
+            "config-0",
+            "-n",
+            "bench-a-0",
+            "--type=merge",
+            "-p",
+            &patch,
+        ])?;
         let edited = watch.until(&format!("edited-{i}"))?;
         drift.push(watch.until("value-0")?.duration_since(edited).as_secs_f64() * 1e3);
         std::thread::sleep(Duration::from_millis(500));
@@ -334,17 +511,26 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&served)?;
     let server = HttpsGitServer::start(&served, TOKEN)?;
     let repo = TestRepo::new(&served, "hook")?;
-    let write = |value: &str| manifests("h", value).into_iter().for_each(|(name, text)| repo.write(&name, &text));
+    let write = |value: &str| {
+        manifests("h", value)
+            .into_iter()
+            .for_each(|(name, text)| repo.write(&name, &text))
+    };
     write("push-0");
     let mut rev = repo.commit("1,004 objects")?;
     let port = free_port()?;
-    let ca: String = server.ca_pem().lines().map(|l| format!("  {l}\n")).collect();
+    let ca: String = server
+        .ca_pem()
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
     let config = format!(
         "url: {}\nauth:\n  token: {TOKEN}\nca: |\n{ca}intervalSeconds: 3600\n{}",
         server.url("hook.git"),
         webhook(port)
     );
-    let (mut h, [started, fetched, applied, ..]) = start("bench-hook", &work.path().join("h"), &config, &rev, &binary)?;
+    let (mut h, [started, fetched, applied, ..]) =
+        start("bench-hook", &work.path().join("h"), &config, &rev, &binary)?;
     let (https_first, https_pass) = (applied - started, applied - fetched);
     wait_event(&mut h, "healthy", &rev, applied)?;
     let watch = Watch::start("bench-h-0", "config-0")?;
@@ -352,7 +538,8 @@ fn main() -> Result<()> {
     let mut curl_ms: Vec<f64> = (0..5)
         .map(|_| {
             let t = Instant::now();
-            curl(&[&format!("https://127.0.0.1:{port}/healthz")]).map(|_| t.elapsed().as_secs_f64() * 1e3)
+            curl(&[&format!("https://127.0.0.1:{port}/healthz")])
+                .map(|_| t.elapsed().as_secs_f64() * 1e3)
         })
         .collect::<Result<_>>()?;
     let mut hook = Vec::new();
@@ -377,19 +564,73 @@ fn main() -> Result<()> {
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let ratio = |k: f64| k / cairn;
     let rows = [
-        (format!("first apply, {OBJECTS} objects: cairn, process start → applied"), format!("{cairn:.2} s"), String::new()),
-        ("  of which \"fetched\" → \"applied\"".into(), format!("{cairn_pass:.2} s"), String::new()),
-        ("  kubectl apply --server-side, before cairn".into(), format!("{kubectl_before:.2} s ({:.2}×)", ratio(kubectl_before)), verdict(ratio(kubectl_before) >= 3.0).into()),
-        ("  kubectl apply --server-side, after cairn".into(), format!("{kubectl_after:.2} s ({:.2}×)", ratio(kubectl_after)), verdict(ratio(kubectl_after) >= 3.0).into()),
-        ("  cairn \"applied\" → \"healthy\" (the controller-manager's pace)".into(), format!("{healthy:.1} s"), String::new()),
-        ("  control-plane CPU s: kubectl before / cairn / kubectl after".into(), format!("{kubectl_before_cpu:.1} / {cairn_cpu:.1} / {kubectl_after_cpu:.1} (cairn's own {cairn_own_cpu:.1})"), String::new()),
-        ("  cairn over HTTPS (the webhook instance), start / fetched → applied".into(), format!("{https_first:.2} s / {https_pass:.2} s"), String::new()),
-        (format!("no-op reconcile: requests over {passes} passes (read / write)"), format!("{reads} / {writes}"), verdict(writes == 0 && reapplied == 0).into()),
-        ("  compare time p50 / max".into(), format!("{compare_p50:.0} ms / {compare_max:.0} ms"), verdict(compare_max < 1000.0).into()),
-        (format!("drift revert p50 / max ({drifts})"), format!("{drift_p50:.0} ms / {drift_max:.0} ms"), verdict(drift_max < 2000.0).into()),
-        ("VmRSS: applied / no-op / drift / webhook instance".into(), format!("{rss_applied:.1} / {rss_noop:.1} / {rss_drift:.1} / {rss_hook:.1} MiB"), verdict(rss_max < 64.0).into()),
-        (format!("webhook push → applied p50 / p99 / max ({pushes})"), format!("{hook_p50:.0} ms / {hook_p99:.0} ms / {hook_max:.0} ms"), verdict(hook_p50 < 1000.0 && hook_p99 < 2000.0).into()),
-        ("  curl GET /healthz (in the figure above) p50".into(), format!("{:.0} ms", p(&mut curl_ms, 0.5)), String::new()),
+        (
+            format!("first apply, {OBJECTS} objects: cairn, process start → applied"),
+            format!("{cairn:.2} s"),
+            String::new(),
+        ),
+        (
+            "  of which \"fetched\" → \"applied\"".into(),
+            format!("{cairn_pass:.2} s"),
+            String::new(),
+        ),
+        (
+            "  kubectl apply --server-side, before cairn".into(),
+            format!("{kubectl_before:.2} s ({:.2}×)", ratio(kubectl_before)),
+            verdict(ratio(kubectl_before) >= 3.0).into(),
+        ),
+        (
+            "  kubectl apply --server-side, after cairn".into(),
+            format!("{kubectl_after:.2} s ({:.2}×)", ratio(kubectl_after)),
+            verdict(ratio(kubectl_after) >= 3.0).into(),
+        ),
+        (
+            "  cairn \"applied\" → \"healthy\" (the controller-manager's pace)".into(),
+            format!("{healthy:.1} s"),
+            String::new(),
+        ),
+        (
+            "  control-plane CPU s: kubectl before / cairn / kubectl after".into(),
+            format!(
+                "{kubectl_before_cpu:.1} / {cairn_cpu:.1} / {kubectl_after_cpu:.1} (cairn's own {cairn_own_cpu:.1})"
+            ),
+            String::new(),
+        ),
+        (
+            "  cairn over HTTPS (the webhook instance), start / fetched → applied".into(),
+            format!("{https_first:.2} s / {https_pass:.2} s"),
+            String::new(),
+        ),
+        (
+            format!("no-op reconcile: requests over {passes} passes (read / write)"),
+            format!("{reads} / {writes}"),
+            verdict(writes == 0 && reapplied == 0).into(),
+        ),
+        (
+            "  compare time p50 / max".into(),
+            format!("{compare_p50:.0} ms / {compare_max:.0} ms"),
+            verdict(compare_max < 1000.0).into(),
+        ),
+        (
+            format!("drift revert p50 / max ({drifts})"),
+            format!("{drift_p50:.0} ms / {drift_max:.0} ms"),
+            verdict(drift_max < 2000.0).into(),
+        ),
+        (
+            "VmRSS: applied / no-op / drift / webhook instance".into(),
+            format!("{rss_applied:.1} / {rss_noop:.1} / {rss_drift:.1} / {rss_hook:.1} MiB"),
+            verdict(rss_max < 64.0).into(),
+        ),
+        (
+            format!("webhook push → applied p50 / p99 / max ({pushes})"),
+            format!("{hook_p50:.0} ms / {hook_p99:.0} ms / {hook_max:.0} ms"),
+            verdict(hook_p50 < 1000.0 && hook_p99 < 2000.0).into(),
+        ),
+        (
+            "  curl GET /healthz (in the figure above) p50".into(),
+            format!("{:.0} ms", p(&mut curl_ms, 0.5)),
+            String::new(),
+        ),
     ];
     println!("| figure | value | target |\n|---|---|---|");
     for (what, value, target) in rows {

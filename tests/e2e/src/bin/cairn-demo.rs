@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cairn_e2e::gitops::{WEBHOOK_PORT, WEBTEST_IMAGE, manifests, post_webhook, with_gitops, write_os_ca};
+use cairn_e2e::gitops::{
+    WEBHOOK_PORT, WEBTEST_IMAGE, manifests, post_webhook, with_gitops, write_os_ca,
+};
 use cairn_e2e::{API_PORT, APISERVER_PORT, Cairnctl, Kubectl, NODE_IP, NODE_NAME};
 use cairn_qemu::{Disk, GUEST_FORWARD_ADDR, GuestForward, Vm, VmConfig};
 use cairn_testgit::HttpsGitServer;
@@ -50,7 +52,8 @@ fn main() -> Result<()> {
         .join("demo");
     let (machine_config, secrets) = node_files(&demo)?;
     let repo = demo_repository(&demo)?;
-    let server = HttpsGitServer::start(&demo.join("git"), TOKEN).context("serving the demo repository")?;
+    let server =
+        HttpsGitServer::start(&demo.join("git"), TOKEN).context("serving the demo repository")?;
     let section = serde_json::json!({
         "url": format!("https://{GUEST_FORWARD_ADDR}:{}/demo.git", server.port()),
         "auth": {"token": TOKEN},
@@ -65,7 +68,10 @@ fn main() -> Result<()> {
     let relay = std::env::current_exe()?.with_file_name("cairn-guest-relay");
     let cfg = VmConfig {
         forwards: vec![APISERVER_PORT, API_PORT, WEBHOOK_PORT],
-        guest_forwards: vec![GuestForward { port: server.port(), relay }],
+        guest_forwards: vec![GuestForward {
+            port: server.port(),
+            relay,
+        }],
         fw_cfg: vec![
             ("opt/cairn/machine-config".into(), machine_config),
             ("opt/cairn/secrets".into(), secrets.clone()),
@@ -153,7 +159,12 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("running git {}", args.join(" ")))?;
     if !out.status.success() {
-        bail!("git {} in {}: {}", args.join(" "), dir.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "git {} in {}: {}",
+            args.join(" "),
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -167,12 +178,36 @@ fn demo_repository(demo: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(&bare)?;
         git(&bare, &["init", "-q", "--bare", "-b", "main"])?;
         let _ = std::fs::remove_dir_all(&repo);
-        git(demo, &["clone", "-q", &absolute(&bare).display().to_string(), "repo"])?;
+        git(
+            demo,
+            &[
+                "clone",
+                "-q",
+                &absolute(&bare).display().to_string(),
+                "repo",
+            ],
+        )?;
         std::fs::write(repo.join("app.yaml"), manifests(1, WEBTEST_IMAGE))?;
         git(&repo, &["add", "app.yaml"])?;
-        git(&repo, &["-c", "user.name=cairn demo", "-c", "user.email=demo@cairn.invalid", "commit", "-q", "-m", "the demo application"])?;
+        git(
+            &repo,
+            &[
+                "-c",
+                "user.name=cairn demo",
+                "-c",
+                "user.email=demo@cairn.invalid",
+                "commit",
+                "-q",
+                "-m",
+                "the demo application",
+            ],
+        )?;
         git(&repo, &["push", "-q", "origin", "main"])?;
-        eprintln!("cairn-demo: created the demo repository {} (clone: {})", bare.display(), repo.display());
+        eprintln!(
+            "cairn-demo: created the demo repository {} (clone: {})",
+            bare.display(),
+            repo.display()
+        );
     }
     Ok(repo)
 }
@@ -183,9 +218,16 @@ fn install_hook(demo: &Path, port: u16, ca: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let hook = demo.join("git/demo.git/hooks/post-receive");
     let me = std::env::current_exe()?;
-    std::fs::write(&hook, format!("#!/bin/sh
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh
 exec '{}' notify {port} '{}'
-", me.display(), absolute(ca).display()))?;
+",
+            me.display(),
+            absolute(ca).display()
+        ),
+    )?;
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
@@ -194,19 +236,63 @@ exec '{}' notify {port} '{}'
 /// the Deployment's replicas and times it until the cluster has it.
 fn show_a_push(kubectl: &Kubectl, repo: &Path) -> Result<String> {
     let head = git(repo, &["rev-parse", "HEAD"])?;
-    kubectl.wait_until(&["get", "gitops", "cairn", "-o", "jsonpath={.status.appliedRevision}"], TIMEOUT, |out| out.trim() == head)?;
+    kubectl.wait_until(
+        &[
+            "get",
+            "gitops",
+            "cairn",
+            "-o",
+            "jsonpath={.status.appliedRevision}",
+        ],
+        TIMEOUT,
+        |out| out.trim() == head,
+    )?;
     let text = std::fs::read_to_string(repo.join("app.yaml"))?;
-    let (from, to) = if text.contains("replicas: 1\n") { (1, 2) } else { (2, 1) };
+    let (from, to) = if text.contains("replicas: 1\n") {
+        (1, 2)
+    } else {
+        (2, 1)
+    };
     std::fs::write(repo.join("app.yaml"), manifests(to, WEBTEST_IMAGE))?;
-    git(repo, &["-c", "user.name=cairn demo", "-c", "user.email=demo@cairn.invalid", "commit", "-q", "-am", &format!("web: {to} replicas")])?;
+    git(
+        repo,
+        &[
+            "-c",
+            "user.name=cairn demo",
+            "-c",
+            "user.email=demo@cairn.invalid",
+            "commit",
+            "-q",
+            "-am",
+            &format!("web: {to} replicas"),
+        ],
+    )?;
     let started = std::time::Instant::now();
     git(repo, &["push", "-q", "origin", "main"])?;
-    kubectl.wait_until(&["get", "deploy", "-n", "demo", "web", "-o", "jsonpath={.spec.replicas}"], Duration::from_secs(120), |out| out.trim() == to.to_string())?;
+    kubectl.wait_until(
+        &[
+            "get",
+            "deploy",
+            "-n",
+            "demo",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+        Duration::from_secs(120),
+        |out| out.trim() == to.to_string(),
+    )?;
     let took = started.elapsed();
     // The status object follows the apply: the new revision, healthy once its pods are.
     let head = git(repo, &["rev-parse", "HEAD"])?;
     kubectl.wait_until(
-        &["get", "gitops", "cairn", "-o", "jsonpath={.status.appliedRevision} {.status.health}"],
+        &[
+            "get",
+            "gitops",
+            "cairn",
+            "-o",
+            "jsonpath={.status.appliedRevision} {.status.health}",
+        ],
         Duration::from_secs(300),
         |out| out.trim() == format!("{head} Healthy"),
     )?;
