@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sourced by the README's two commands (image-build/demo and tests/run):
-# installs the Debian packages a fresh machine lacks, then builds the cairn-image
-# tool and the pinned upstream components. Components are cached outside the
+# installs the Debian packages a fresh machine lacks, checks the host tools, and
+# builds the cairn-image tool; `cairn_components` then builds the pinned upstream
+# components. Components are cached outside the
 # repository ($CAIRN_CACHE, default ~/.cache/cairn) keyed by the lockfile, so only
 # the first run on a machine builds them (~20 min on 2 cores); later runs take seconds.
 set -euo pipefail
@@ -14,6 +15,7 @@ HOST_PACKAGES=(
   protobuf-compiler                        # etcd-client's gRPC code generation
   libssl-dev                               # cairn-gitops: git2's HTTPS (openssl-sys)
   dpkg-dev ca-certificates git
+  curl openssl                             # tests reach HTTPS endpoints and read certificates
   openssh-server gnupg                     # the git server fixture's sshd; signed test commits
 )
 
@@ -29,6 +31,23 @@ elif ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
   apt-get update -qq   # `apt-get download` of pinned .debs needs the package lists
 fi
 
+# What the suite runs from the host, each with the package that brings it: a
+# missing one stops here, named, instead of failing a test an hour later.
+HOST_TOOLS=(
+  qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils
+  /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf /usr/share/OVMF/OVMF_VARS_4M.fd:ovmf
+  mksquashfs:squashfs-tools unsquashfs:squashfs-tools objcopy:binutils
+  mke2fs:e2fsprogs sfdisk:fdisk sgdisk:gdisk cpio:cpio xz:xz-utils zstd:zstd
+  gcc:gcc pkg-config:pkg-config protoc:protobuf-compiler dpkg-deb:dpkg-dev
+  git:git /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client gpg:gnupg
+  curl:curl openssl:openssl unshare:util-linux
+)
+for t in "${HOST_TOOLS[@]}"; do
+  tool="${t%%:*}" package="${t#*:}"
+  if [[ "$tool" == /* ]]; then [ -e "$tool" ]; else command -v "$tool" >/dev/null; fi ||
+    { echo "setup: $tool is missing: install the Debian package $package" >&2; exit 1; }
+done
+
 export PATH="/usr/local/go/bin:$HOME/.cargo/bin:$PATH"
 # Rust builds go to a target directory in the same cache, shared by every clone
 # on the machine: a fresh clone (CI's) compiles only the workspace's own crates.
@@ -40,4 +59,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CAIRN_CACHE/target}"
 cargo build --release --locked -p cairn-image
 CAIRN_IMAGE="$CARGO_TARGET_DIR/release/cairn-image"
 export CAIRN_IMAGE
-"$CAIRN_IMAGE" components build
+# The pinned upstream components, built or checked against the cache; a
+# function, so tests/run can lint first and fail fast.
+cairn_components() { "$CAIRN_IMAGE" components build; }

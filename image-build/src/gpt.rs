@@ -232,7 +232,7 @@ fn guid_at(b: &[u8], at: usize) -> Uuid {
 /// both headers' CRCs, both arrays' CRCs and that the two copies agree.
 pub fn decode(disk: &[u8]) -> Result<Gpt, GptError> {
     let len = disk.len() as u64;
-    if len % SECTOR != 0 || len / SECTOR < 2 * first_usable_lba() + 1 {
+    if !len.is_multiple_of(SECTOR) || len / SECTOR < 2 * first_usable_lba() + 1 {
         return Err(GptError::DiskTooSmall(len / SECTOR));
     }
     let total = len / SECTOR;

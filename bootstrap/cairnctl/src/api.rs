@@ -149,7 +149,7 @@ pub async fn run(ctx: &Context, cmd: Cmd) -> Result<i32> {
                 follow,
             };
             stream_lines(ctx, "Dmesg", follow, |mut c| {
-                let r = request.clone();
+                let r = request;
                 async move { c.dmesg(r).await }
             })
             .await?;

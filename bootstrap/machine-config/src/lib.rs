@@ -358,10 +358,10 @@ impl MachineConfig {
             (false, None) => return Err("machine.network: `dhcp: false` needs an `address`".into()),
             _ => {}
         }
-        if let (Some(addr), Some(gw)) = (&net.address, &net.gateway) {
-            if !addr.contains(*gw) {
-                return Err(format!("machine.network.gateway: {gw} is outside {addr}"));
-            }
+        if let (Some(addr), Some(gw)) = (&net.address, &net.gateway)
+            && !addr.contains(*gw)
+        {
+            return Err(format!("machine.network.gateway: {gw} is outside {addr}"));
         }
         if self.cluster.pod_cidr.overlaps(&self.cluster.service_cidr) {
             return Err(format!(
@@ -402,12 +402,12 @@ impl MachineConfig {
                 ));
             }
         }
-        if let Some(v) = &self.cluster.kubernetes_version {
-            if v != KUBERNETES_VERSION {
-                return Err(format!(
-                    "cluster.kubernetesVersion: `{v}` is not the release this image carries ({KUBERNETES_VERSION})"
-                ));
-            }
+        if let Some(v) = &self.cluster.kubernetes_version
+            && v != KUBERNETES_VERSION
+        {
+            return Err(format!(
+                "cluster.kubernetesVersion: `{v}` is not the release this image carries ({KUBERNETES_VERSION})"
+            ));
         }
         if let Some(git) = &self.gitops {
             let refs = [&git.branch, &git.tag, &git.commit]
@@ -479,24 +479,24 @@ impl GitSource {
         if a.ssh_key.is_some() && !u.starts_with("ssh://") {
             return Err("gitops.auth.sshKey: only for ssh:// URLs".into());
         }
-        if let Some(path) = &self.path {
-            if path.starts_with('/') || path.split('/').any(|p| p == "..") {
-                return Err(format!(
-                    "gitops.path: `{path}` must be relative and stay inside the repository"
-                ));
-            }
+        if let Some(path) = &self.path
+            && (path.starts_with('/') || path.split('/').any(|p| p == ".."))
+        {
+            return Err(format!(
+                "gitops.path: `{path}` must be relative and stay inside the repository"
+            ));
         }
-        if let Some(c) = &self.commit {
-            if c.len() != 40 || !c.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(format!(
-                    "gitops.commit: `{c}` is not a full 40-digit commit id"
-                ));
-            }
+        if let Some(c) = &self.commit
+            && (c.len() != 40 || !c.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(format!(
+                "gitops.commit: `{c}` is not a full 40-digit commit id"
+            ));
         }
-        if let Some(w) = &self.webhook {
-            if w.secret.len() < 16 {
-                return Err("gitops.webhook.secret: use at least 16 characters".into());
-            }
+        if let Some(w) = &self.webhook
+            && w.secret.len() < 16
+        {
+            return Err("gitops.webhook.secret: use at least 16 characters".into());
         }
         Ok(())
     }

@@ -128,10 +128,10 @@ impl Checker<'_> {
             self.problem(crt, "is not a CA (no basicConstraints CA:TRUE)");
         }
         self.not_expired(crt, &cert);
-        if let Some(key_pem) = key_pem {
-            if let Some(pair) = self.key(key, None, &key_pem) {
-                self.key_matches(crt, key, &cert, &pair);
-            }
+        if let Some(key_pem) = key_pem
+            && let Some(pair) = self.key(key, None, &key_pem)
+        {
+            self.key_matches(crt, key, &cert, &pair);
         }
     }
 
@@ -161,14 +161,12 @@ impl Checker<'_> {
         if let Some((key_label, pair)) = key {
             self.key_matches(file, key_label, &cert, pair);
         }
-        if let Some(ca_der) = self.ca_der(&spec.ca) {
-            if let Ok((_, ca)) = X509Certificate::from_der(&ca_der) {
-                if cert.issuer().as_raw() != ca.subject().as_raw()
-                    || cert.verify_signature(Some(ca.public_key())).is_err()
-                {
-                    self.problem(file, format!("is not signed by {}", spec.ca.paths.crt));
-                }
-            }
+        if let Some(ca_der) = self.ca_der(&spec.ca)
+            && let Ok((_, ca)) = X509Certificate::from_der(&ca_der)
+            && (cert.issuer().as_raw() != ca.subject().as_raw()
+                || cert.verify_signature(Some(ca.public_key())).is_err())
+        {
+            self.problem(file, format!("is not signed by {}", spec.ca.paths.crt));
         }
         self.not_expired(file, &cert);
 

@@ -60,10 +60,10 @@ impl ClusterParams {
     ) -> ClusterParams {
         let base = ClusterParams::new(cfg.machine.hostname.clone(), advertise_ip, now);
         let mut extra_sans = cfg.cluster.extra_sans.clone();
-        if let Some(host) = cfg.cluster.api_endpoint.as_deref().and_then(endpoint_host) {
-            if !extra_sans.contains(&host) {
-                extra_sans.push(host);
-            }
+        if let Some(host) = cfg.cluster.api_endpoint.as_deref().and_then(endpoint_host)
+            && !extra_sans.contains(&host)
+        {
+            extra_sans.push(host);
         }
         ClusterParams {
             cluster_name: cfg.cluster.name.clone(),

@@ -131,10 +131,9 @@ pub(crate) fn go_tool() -> Result<(PathBuf, String), Error> {
             .args(["env", "GOVERSION"])
             .env("GOTOOLCHAIN", "local")
             .output()
+            && out.status.success()
         {
-            if out.status.success() {
-                return Ok((go, String::from_utf8_lossy(&out.stdout).trim().to_string()));
-            }
+            return Ok((go, String::from_utf8_lossy(&out.stdout).trim().to_string()));
         }
     }
     Err(Error::Host(

@@ -116,11 +116,11 @@ fn write_wrapper(lock: &Lockfile, cache: &Cache, c: &GoComponent) -> Result<(), 
         let _ = writeln!(m, "\nreplace (");
         for line in upstream.lines() {
             let line = line.trim();
-            if let Some((from, to)) = line.split_once("=>") {
-                if to.trim().starts_with("./staging/") {
-                    let from = from.trim();
-                    let _ = writeln!(m, "\t{from} => {from} v0.{}.{}", v.minor, v.patch);
-                }
+            if let Some((from, to)) = line.split_once("=>")
+                && to.trim().starts_with("./staging/")
+            {
+                let from = from.trim();
+                let _ = writeln!(m, "\t{from} => {from} v0.{}.{}", v.minor, v.patch);
             }
         }
         let _ = writeln!(m, ")");

@@ -65,10 +65,10 @@ impl Parser {
         while let Some(end) = self.carry[start..].iter().position(|b| *b == b'\n') {
             let line = &self.carry[start..start + end + 1];
             // Dictionary lines (" SUBSYSTEM=...") belong to the record before them.
-            if !line.starts_with(b" ") {
-                if let Some(formatted) = format_record(line) {
-                    out.push(formatted);
-                }
+            if !line.starts_with(b" ")
+                && let Some(formatted) = format_record(line)
+            {
+                out.push(formatted);
             }
             start += end + 1;
         }

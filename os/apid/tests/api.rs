@@ -813,18 +813,18 @@ async fn logs_tail_and_follow_new_lines() {
         if initial.is_none() {
             initial = seen.first().copied();
         }
-        if let Some(first) = initial {
-            if seen.iter().any(|t| *t >= first + wanted) {
-                assert!(
-                    seen.windows(2).all(|w| w[1] == w[0] + 1),
-                    "lines lost or repeated: {text}"
-                );
-                assert!(
-                    started.elapsed() >= Duration::from_millis(500),
-                    "{wanted} new ticks arrived too soon to have been written after the call"
-                );
-                break;
-            }
+        if let Some(first) = initial
+            && seen.iter().any(|t| *t >= first + wanted)
+        {
+            assert!(
+                seen.windows(2).all(|w| w[1] == w[0] + 1),
+                "lines lost or repeated: {text}"
+            );
+            assert!(
+                started.elapsed() >= Duration::from_millis(500),
+                "{wanted} new ticks arrived too soon to have been written after the call"
+            );
+            break;
         }
     }
     drop(stream);

@@ -69,10 +69,10 @@ async fn services_logs_follow_restart_signal_and_power() {
     let later = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let chunk = follow.next_chunk().await.expect("chunk").expect("open");
-            if let Some(&n) = ticks(&chunk).iter().max() {
-                if n > seen + 2 {
-                    return n;
-                }
+            if let Some(&n) = ticks(&chunk).iter().max()
+                && n > seen + 2
+            {
+                return n;
             }
         }
     })

@@ -89,10 +89,10 @@ pub fn find_by_label(sys_block: &Path, label: &str) -> Result<Option<Partition>>
 pub fn wait_for_label(label: &str, timeout: Duration) -> Result<Partition> {
     let start = Instant::now();
     loop {
-        if let Some(p) = find_by_label(Path::new("/sys/class/block"), label)? {
-            if p.dev().exists() {
-                return Ok(p);
-            }
+        if let Some(p) = find_by_label(Path::new("/sys/class/block"), label)?
+            && p.dev().exists()
+        {
+            return Ok(p);
         }
         if start.elapsed() > timeout {
             bail!(

@@ -62,10 +62,10 @@ pub fn load(loc: &Locations) -> Result<(MachineConfig, Source)> {
     if let Some(text) = fw_cfg.filter(|_| !seen_before) {
         match MachineConfig::parse(&format!("machine config from fw_cfg {FW_CFG_NAME}"), &text) {
             Ok(cfg) => {
-                if last_good.as_ref().map(|(c, _)| c) != Some(&cfg) {
-                    if let Err(e) = crate::fsutil::write_durable(&loc.state, text.as_bytes()) {
-                        tracing::warn!(event = "config_not_saved", error = ?format!("{e:#}"), "could not keep the config on STATE");
-                    }
+                if last_good.as_ref().map(|(c, _)| c) != Some(&cfg)
+                    && let Err(e) = crate::fsutil::write_durable(&loc.state, text.as_bytes())
+                {
+                    tracing::warn!(event = "config_not_saved", error = ?format!("{e:#}"), "could not keep the config on STATE");
                 }
                 if let Err(e) = crate::fsutil::write_durable(&loc.taken_fw_cfg, text.as_bytes()) {
                     tracing::warn!(event = "config_not_saved", error = ?format!("{e:#}"), "could not record the fw_cfg config as taken");

@@ -69,12 +69,12 @@ pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
                     continue;
                 }
                 b'[' => {
-                    if let Some((matched, next)) = class_match(&pattern[p..], text[t]) {
-                        if matched {
-                            p += next;
-                            t += 1;
-                            continue;
-                        }
+                    if let Some((matched, next)) = class_match(&pattern[p..], text[t])
+                        && matched
+                    {
+                        p += next;
+                        t += 1;
+                        continue;
                     }
                 }
                 c if c == text[t] => {

@@ -133,11 +133,11 @@ impl RotatingFile {
         if self.file.is_none() {
             self.reopen()?;
         }
-        if let Some(file) = self.file.as_mut() {
-            if let Err(e) = file.write_all(data) {
-                self.file = None;
-                return Err(self.err(e));
-            }
+        if let Some(file) = self.file.as_mut()
+            && let Err(e) = file.write_all(data)
+        {
+            self.file = None;
+            return Err(self.err(e));
         }
         self.size += data.len() as u64;
         Ok(())
@@ -182,11 +182,11 @@ impl LogSink {
         if self.followers.receiver_count() > 0 {
             let _ = self.followers.send(Arc::from(line));
         }
-        if let Some(file) = self.file.as_mut() {
-            if let Err(e) = file.write(line) {
-                tracing::warn!(service = %self.service, error = %e, "log file disabled");
-                self.file = None;
-            }
+        if let Some(file) = self.file.as_mut()
+            && let Err(e) = file.write(line)
+        {
+            tracing::warn!(service = %self.service, error = %e, "log file disabled");
+            self.file = None;
         }
     }
 

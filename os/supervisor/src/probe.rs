@@ -64,6 +64,21 @@ pub enum Probe {
 }
 
 impl Probe {
+    /// Runs the probe once, outside a supervisor, bounded by `timeout`: for tools
+    /// and test fixtures that wait on the endpoint a service is probed on. An
+    /// exec probe needs its service's environment and is refused.
+    pub async fn check_once(&self, timeout: Duration) -> Result<(), String> {
+        if matches!(self, Probe::Exec { .. }) {
+            return Err("an exec probe runs only for its service".to_string());
+        }
+        let ctx = ProbeContext {
+            env: Vec::new(),
+            working_dir: None,
+            watch: Arc::new(|_| oneshot::channel().1),
+        };
+        check(self, timeout, &ctx).await
+    }
+
     /// Wraps an async closure as a [`Probe::Custom`].
     pub fn custom<F, Fut>(f: F) -> Self
     where

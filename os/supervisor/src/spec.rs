@@ -241,17 +241,17 @@ impl ServiceSpec {
             return Err(invalid("probe periods and timeout must be non-zero".into()));
         }
         self.backoff.validate().map_err(|r| invalid(r.into()))?;
-        if let Some((quota, period)) = self.resources.cpu_max {
-            if quota == 0 || !(1_000..=1_000_000).contains(&period) {
-                return Err(invalid(
-                    "cpu_max needs quota > 0 and a period of 1000..=1000000 us".into(),
-                ));
-            }
+        if let Some((quota, period)) = self.resources.cpu_max
+            && (quota == 0 || !(1_000..=1_000_000).contains(&period))
+        {
+            return Err(invalid(
+                "cpu_max needs quota > 0 and a period of 1000..=1000000 us".into(),
+            ));
         }
-        if let Some(weight) = self.resources.cpu_weight {
-            if !(1..=10_000).contains(&weight) {
-                return Err(invalid("cpu_weight must be 1..=10000".into()));
-            }
+        if let Some(weight) = self.resources.cpu_weight
+            && !(1..=10_000).contains(&weight)
+        {
+            return Err(invalid("cpu_weight must be 1..=10000".into()));
         }
         if self.resources.memory_max == Some(0) {
             return Err(invalid("memory_max must be non-zero".into()));

@@ -42,6 +42,9 @@ pub struct SupervisorConfig {
     pub cgroup_root: Option<PathBuf>,
 }
 
+/// A service's buffered log, and a follower when following was asked for.
+type LogsReply = (Vec<u8>, Option<LogFollower>);
+
 enum Msg {
     Add {
         specs: Vec<ServiceSpec>,
@@ -70,7 +73,7 @@ enum Msg {
     Logs {
         name: String,
         follow: bool,
-        reply: oneshot::Sender<Result<(Vec<u8>, Option<LogFollower>), Error>>,
+        reply: oneshot::Sender<Result<LogsReply, Error>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -936,9 +939,9 @@ impl Actor {
 /// just `pid` if the group is gone.
 fn send_to_group(name: &str, pid: i32, sig: Signal) {
     let pid = Pid::from_raw(pid);
-    if signal::killpg(pid, sig).is_err() {
-        if let Err(e) = signal::kill(pid, sig) {
-            tracing::debug!(service = %name, pid = pid.as_raw(), error = %e, "signal not delivered");
-        }
+    if signal::killpg(pid, sig).is_err()
+        && let Err(e) = signal::kill(pid, sig)
+    {
+        tracing::debug!(service = %name, pid = pid.as_raw(), error = %e, "signal not delivered");
     }
 }

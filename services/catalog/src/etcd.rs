@@ -6,10 +6,11 @@
 //! `https://`, served with the bundle's `etcd/server` and `etcd/peer` certificates,
 //! and both sides require client certificates signed by `etcd/ca`.
 //! Ordering: etcd depends on nothing; the API server depends on it.
-//! Readiness: a linearizable read through `etcd-client`, which only succeeds once
-//! the member has a leader and has applied its log — not "the port is open". With
-//! TLS the probe verifies the server against `etcd/ca` and authenticates with the
-//! `etcd/healthcheck-client` certificate.
+//! Readiness: `GET /readyz` on the plain-HTTP metrics listener (127.0.0.1 only),
+//! which etcd answers 200 only once the member has a leader and a linearizable
+//! read succeeds — not "the port is open". The probe is a small HTTP GET in the
+//! supervisor, so PID 1 links no gRPC client and needs no client certificate for
+//! it; the client port stays mTLS-only.
 //! Restart: always, with the supervisor's backoff; stopped with SIGTERM and given
 //! 15 s to close its WAL cleanly.
 
@@ -53,7 +54,8 @@ pub struct EtcdTls {
     pub server_key: PathBuf,
     pub peer_cert: PathBuf,
     pub peer_key: PathBuf,
-    /// The readiness probe's client certificate (`etcd/healthcheck-client`).
+    /// A client certificate for health checks over the client port
+    /// (`etcd/healthcheck-client`), for tools and tests.
     pub healthcheck_cert: PathBuf,
     pub healthcheck_key: PathBuf,
 }
@@ -95,6 +97,12 @@ impl EtcdConfig {
 
     fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The readiness endpoint on the metrics listener: 200 once the member has a
+    /// leader and serves linearizable reads.
+    pub fn readyz_url(&self) -> String {
+        format!("http://127.0.0.1:{}/readyz", self.metrics_port)
     }
 
     /// `http://127.0.0.1:2379`, or `https://` with TLS.
@@ -153,71 +161,19 @@ impl EtcdConfig {
 
 /// The supervised service.
 pub fn spec(cfg: &EtcdConfig) -> ServiceSpec {
-    let readiness = match &cfg.tls {
-        None => {
-            let endpoint = format!("127.0.0.1:{}", cfg.client_port);
-            Probe::custom(move || health(endpoint.clone()))
-        }
-        Some(tls) => {
-            let endpoint = cfg.client_url();
-            let tls = tls.clone();
-            Probe::custom(move || health_tls(endpoint.clone(), tls.clone()))
-        }
-    };
     ServiceSpec::new(NAME, &cfg.binary)
         .args(cfg.args())
         .env("PATH", "/usr/bin:/bin")
         .env("GOMAXPROCS", "2")
-        .readiness(readiness)
+        .readiness(Probe::Http {
+            url: cfg.readyz_url(),
+        })
         .probe_settings(ProbeSettings {
             initial_period: Duration::from_millis(100),
             ..ProbeSettings::default()
         })
         .restart(RestartPolicy::Always)
         .stop_timeout(Duration::from_secs(15))
-}
-
-/// Healthy when a linearizable read succeeds (it needs a leader and an applied log).
-pub async fn health(endpoint: String) -> Result<(), String> {
-    let opts = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(1))
-        .with_timeout(Duration::from_secs(2));
-    linearizable_read(endpoint, opts).await
-}
-
-/// [`health`] over TLS: verifies etcd against `tls.ca` and authenticates with the
-/// health-check client certificate. The files are read at every probe.
-pub async fn health_tls(endpoint: String, tls: EtcdTls) -> Result<(), String> {
-    let read = |path: PathBuf| async move {
-        tokio::fs::read(&path)
-            .await
-            .map_err(|e| format!("etcd probe: reading {}: {e}", path.display()))
-    };
-    let ca = read(tls.ca.clone()).await?;
-    let cert = read(tls.healthcheck_cert.clone()).await?;
-    let key = read(tls.healthcheck_key.clone()).await?;
-    let tls_options = etcd_client::TlsOptions::new()
-        .ca_certificate(etcd_client::Certificate::from_pem(ca))
-        .identity(etcd_client::Identity::from_pem(cert, key));
-    let opts = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(1))
-        .with_timeout(Duration::from_secs(2))
-        .with_tls(tls_options);
-    linearizable_read(endpoint, opts).await
-}
-
-async fn linearizable_read(
-    endpoint: String,
-    opts: etcd_client::ConnectOptions,
-) -> Result<(), String> {
-    let mut client = etcd_client::Client::connect([endpoint.as_str()], Some(opts))
-        .await
-        .map_err(|e| format!("connecting to etcd at {endpoint}: {e}"))?;
-    client
-        .get("/cairn/health", None)
-        .await
-        .map_err(|e| format!("linearizable read from etcd at {endpoint}: {e}"))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -106,8 +106,8 @@ impl ApiClient {
             ),
             None => (authority.to_string(), 443),
         };
-        let tls = cairn_supervisor::tls::client_config(what, &ca, Some((&cert, &key)))
-            .map_err(|message| err(message))?;
+        let tls =
+            cairn_supervisor::tls::client_config(what, &ca, Some((&cert, &key))).map_err(err)?;
         Ok(ApiClient {
             host,
             port,
@@ -189,10 +189,10 @@ impl ApiClient {
                 .map_err(|e| transport(format!("send: {e}")))?;
             let mut raw = Vec::new();
             // A server closing without close_notify still delivered the body.
-            if let Err(e) = tls.read_to_end(&mut raw).await {
-                if raw.is_empty() {
-                    return Err(transport(format!("read: {e}")));
-                }
+            if let Err(e) = tls.read_to_end(&mut raw).await
+                && raw.is_empty()
+            {
+                return Err(transport(format!("read: {e}")));
             }
             Ok(raw)
         };

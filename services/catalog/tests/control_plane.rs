@@ -328,17 +328,19 @@ async fn exercise(
     // certificate from the bundle) passes.
     let endpoint = format!("127.0.0.1:{}", ports.etcd_client);
     ensure!(
-        cairn_services::etcd::health(endpoint.clone())
-            .await
-            .is_err(),
+        linearizable_read(&endpoint, None).await.is_err(),
         "etcd answered plain HTTP on {endpoint}"
     );
-    cairn_services::etcd::health_tls(
-        format!("https://{endpoint}"),
-        cairn_services::etcd::EtcdTls::from_bundle(secrets),
-    )
-    .await
-    .map_err(|e| anyhow!("TLS health check: {e}"))?;
+    let tls = cairn_services::etcd::EtcdTls::from_bundle(secrets);
+    let identity = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&tls.ca)?))
+        .identity(etcd_client::Identity::from_pem(
+            std::fs::read(&tls.healthcheck_cert)?,
+            std::fs::read(&tls.healthcheck_key)?,
+        ));
+    linearizable_read(&format!("https://{endpoint}"), Some(identity))
+        .await
+        .context("TLS health check")?;
 
     let admin = secrets.join(paths::ADMIN_CONF);
     let super_admin = secrets.join(paths::SUPER_ADMIN_CONF);
@@ -469,5 +471,24 @@ fn check_stop_order(events: &Events) -> Result<()> {
         .map(|e| e.service.as_str())
         .collect();
     eprintln!("stop order: {stopped:?}");
+    Ok(())
+}
+
+/// A linearizable read through etcd's client port (it needs a leader and an
+/// applied log), plain or with TLS.
+async fn linearizable_read(endpoint: &str, tls: Option<etcd_client::TlsOptions>) -> Result<()> {
+    let mut opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        opts = opts.with_tls(tls);
+    }
+    let mut client = etcd_client::Client::connect([endpoint], Some(opts))
+        .await
+        .with_context(|| format!("connecting to etcd at {endpoint}"))?;
+    client
+        .get("/cairn/health", None)
+        .await
+        .with_context(|| format!("linearizable read from etcd at {endpoint}"))?;
     Ok(())
 }

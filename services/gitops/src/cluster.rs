@@ -81,12 +81,15 @@ impl Kinds {
     }
 }
 
+/// One watch per (group, kind); its receiver turns true once the first list is in.
+type Watches = HashMap<(String, String), watch::Receiver<bool>>;
+
 /// Live managed objects by key, kept current by one watch per kind.
 #[derive(Clone)]
 pub struct Cache {
     client: kube::Client,
     objects: Arc<RwLock<HashMap<ObjKey, Arc<Value>>>>,
-    watches: Arc<tokio::sync::Mutex<HashMap<(String, String), watch::Receiver<bool>>>>,
+    watches: Arc<tokio::sync::Mutex<Watches>>,
     changes: mpsc::UnboundedSender<ObjKey>,
 }
 

@@ -288,16 +288,16 @@ impl Engine {
             }
             let mut kinds_seen = HashSet::new();
             for r in &resolved {
-                if kinds_seen.insert((r.ar.group.clone(), r.ar.kind.clone())) {
-                    if let Err(message) = self.cache.watch(r).await {
-                        return Err((
-                            report,
-                            EngineError::Cluster {
-                                what: "watching".into(),
-                                message,
-                            },
-                        ));
-                    }
+                if kinds_seen.insert((r.ar.group.clone(), r.ar.kind.clone()))
+                    && let Err(message) = self.cache.watch(r).await
+                {
+                    return Err((
+                        report,
+                        EngineError::Cluster {
+                            what: "watching".into(),
+                            message,
+                        },
+                    ));
                 }
             }
             let todo: Vec<(&Planned, &Resolved)> = items
@@ -324,10 +324,11 @@ impl Engine {
             if let Some(e) = first_error {
                 return Err((report, e));
             }
-            if stage == Stage::Definitions && !report.written.is_empty() {
-                if let Err(e) = self.settle_definitions(&items).await {
-                    return Err((report, e));
-                }
+            if stage == Stage::Definitions
+                && !report.written.is_empty()
+                && let Err(e) = self.settle_definitions(&items).await
+            {
+                return Err((report, e));
             }
         }
         Ok(report)

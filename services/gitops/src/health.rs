@@ -58,13 +58,13 @@ fn replicas(v: &Value, ready_field: &str, want: i64) -> Health {
 pub fn assess(group: &str, kind: &str, live: &Value) -> Health {
     let checked = match (group, kind) {
         ("apps", "Deployment") => observed(live).map(|()| {
-            if let Some(c) = condition(live, "Progressing") {
-                if c["reason"] == "ProgressDeadlineExceeded" {
-                    return Health::Failed(format!(
-                        "progress deadline exceeded: {}",
-                        c["message"].as_str().unwrap_or("")
-                    ));
-                }
+            if let Some(c) = condition(live, "Progressing")
+                && c["reason"] == "ProgressDeadlineExceeded"
+            {
+                return Health::Failed(format!(
+                    "progress deadline exceeded: {}",
+                    c["message"].as_str().unwrap_or("")
+                ));
             }
             let want = live
                 .pointer("/spec/replicas")

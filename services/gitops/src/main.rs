@@ -111,20 +111,20 @@ fn url_and_auth(g: &GitSource) -> (String, Auth) {
             },
         );
     }
-    if let Some(rest) = g.url.strip_prefix("https://") {
-        if let Some((userinfo, host)) = rest.split_once('@').filter(|(u, _)| !u.contains('/')) {
-            let url = format!("https://{host}");
-            return match userinfo.split_once(':') {
-                Some((u, p)) => (
-                    url,
-                    Auth::Basic {
-                        username: u.into(),
-                        password: p.into(),
-                    },
-                ),
-                None => (url, Auth::Token(userinfo.into())),
-            };
-        }
+    if let Some(rest) = g.url.strip_prefix("https://")
+        && let Some((userinfo, host)) = rest.split_once('@').filter(|(u, _)| !u.contains('/'))
+    {
+        let url = format!("https://{host}");
+        return match userinfo.split_once(':') {
+            Some((u, p)) => (
+                url,
+                Auth::Basic {
+                    username: u.into(),
+                    password: p.into(),
+                },
+            ),
+            None => (url, Auth::Token(userinfo.into())),
+        };
     }
     (g.url.clone(), Auth::None)
 }

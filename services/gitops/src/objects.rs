@@ -118,25 +118,25 @@ pub fn normalize(kind: &str, group: &str, body: &mut Value) {
             l.insert(OWNER_LABEL.into(), Value::String(OWNER_VALUE.into()));
         }
     }
-    if group.is_empty() && kind == "Secret" {
-        if let Some(Value::Object(string_data)) =
+    if group.is_empty()
+        && kind == "Secret"
+        && let Some(Value::Object(string_data)) =
             body.as_object_mut().and_then(|o| o.remove("stringData"))
-        {
-            let data = body.as_object_mut().map(|o| {
-                o.entry("data")
-                    .or_insert_with(|| Value::Object(Default::default()))
-            });
-            if let Some(Value::Object(data)) = data {
-                for (k, v) in string_data {
-                    let text = match v {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    data.insert(
-                        k,
-                        Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
-                    );
-                }
+    {
+        let data = body.as_object_mut().map(|o| {
+            o.entry("data")
+                .or_insert_with(|| Value::Object(Default::default()))
+        });
+        if let Some(Value::Object(data)) = data {
+            for (k, v) in string_data {
+                let text = match v {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                data.insert(
+                    k,
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
+                );
             }
         }
     }

@@ -255,7 +255,8 @@ fn every_kind_of_bad_input_is_refused_with_its_reason_and_the_last_good_state_st
         Options::default(),
     );
     g.wait_applied(&good, T);
-    let cases: Vec<(&str, Box<dyn Fn(&TestRepo)>, Box<dyn Fn(&TestRepo)>)> = vec![
+    type Edit = Box<dyn Fn(&TestRepo)>;
+    let cases: Vec<(&str, Edit, Edit)> = vec![
         (
             "line 3",
             Box::new(|r| {

@@ -184,13 +184,13 @@ fn wait_services_ready(ctl: &Cairnctl, names: &[&str], timeout: Duration) -> Vec
     let deadline = Instant::now() + timeout;
     loop {
         let services = ctl.services();
-        if let Ok(list) = &services {
-            if names.iter().all(|n| {
+        if let Ok(list) = &services
+            && names.iter().all(|n| {
                 list.iter()
                     .any(|(name, state)| name == n && state == "ready")
-            }) {
-                return list.clone();
-            }
+            })
+        {
+            return list.clone();
         }
         assert!(
             Instant::now() < deadline,

@@ -147,10 +147,11 @@ impl KubeFixture {
         etcd.binary = etcd_binary;
         (etcd.client_port, etcd.peer_port, etcd.metrics_port) =
             (etcd_port, peer_port, metrics_port);
-        fixture.launch(&etcd::spec(&etcd))?;
+        let etcd_spec = etcd::spec(&etcd);
+        fixture.launch(&etcd_spec)?;
         let url = etcd.client_url();
-        fixture.wait_for("etcd health", deadline, || {
-            block_on(etcd::health_tls(url.clone(), tls.clone()))
+        fixture.wait_for("etcd /readyz", deadline, || {
+            block_on(etcd_spec.readiness.check_once(Duration::from_secs(2)))
         })?;
 
         let [apiserver_binary, kcm_binary, kubectl] = kubernetes

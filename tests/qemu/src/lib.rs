@@ -386,10 +386,10 @@ fn reader_thread(mut out: impl Read, console: Arc<Console>, mut log: Option<File
         };
         let at = Instant::now();
         let chunk = &buf[..n];
-        if let Some(f) = log.as_mut() {
-            if f.write_all(chunk).is_err() {
-                log = None;
-            }
+        if let Some(f) = log.as_mut()
+            && f.write_all(chunk).is_err()
+        {
+            log = None;
         }
         if echo {
             let mut e = std::io::stderr().lock();
@@ -947,10 +947,10 @@ impl Vm {
 
     /// The exit status if QEMU has exited (non-blocking).
     pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                self.finish(s);
-            }
+        if self.exit.is_none()
+            && let Ok(Some(s)) = self.child.try_wait()
+        {
+            self.finish(s);
         }
         self.exit
     }

@@ -150,10 +150,11 @@ async fn exchange(
         loop {
             match tokio::time::timeout_at(until, sock.recv_from(&mut buf)).await {
                 Ok(Ok((n, _))) => {
-                    if let Some(r) = parse(&buf[..n]) {
-                        if r.xid == xid && kinds.contains(&r.kind) {
-                            return Ok(r);
-                        }
+                    if let Some(r) = parse(&buf[..n])
+                        && r.xid == xid
+                        && kinds.contains(&r.kind)
+                    {
+                        return Ok(r);
                     }
                 }
                 Ok(Err(e)) => return Err(e).context("receiving a DHCP reply"),
@@ -228,10 +229,10 @@ pub async fn renew_forever(mut lease: Lease, hostname: String) {
         tokio::time::sleep(Duration::from_secs(u64::from(lease.lease_secs.max(60) / 2))).await;
         match acquire(&lease.interface, &hostname, Duration::from_secs(30)).await {
             Ok(new) => {
-                if new.address != lease.address {
-                    if let Err(e) = super::apply(&new) {
-                        tracing::error!(event = "dhcp_error", error = ?format!("{e:#}"), "applying the renewed lease");
-                    }
+                if new.address != lease.address
+                    && let Err(e) = super::apply(&new)
+                {
+                    tracing::error!(event = "dhcp_error", error = ?format!("{e:#}"), "applying the renewed lease");
                 }
                 tracing::info!(event = "dhcp_renewed", interface = %new.interface, address = %new.address, "lease renewed");
                 lease = new;

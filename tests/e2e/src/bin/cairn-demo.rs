@@ -33,12 +33,12 @@ const WEBHOOK_SECRET: &str = "cairn-demo-webhook-secret";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [cmd, port, ca] = args.as_slice() {
-        if cmd == "notify" {
-            let code = post_webhook(port.parse()?, Path::new(ca), WEBHOOK_SECRET)?;
-            eprintln!("cairn-demo: webhook sent to the node: HTTP {code}");
-            return Ok(());
-        }
+    if let [cmd, port, ca] = args.as_slice()
+        && cmd == "notify"
+    {
+        let code = post_webhook(port.parse()?, Path::new(ca), WEBHOOK_SECRET)?;
+        eprintln!("cairn-demo: webhook sent to the node: HTTP {code}");
+        return Ok(());
     }
     let Some(image) = args.iter().find(|a| !a.starts_with("--")) else {
         bail!("usage: cairn-demo <image.qcow2> [--exit-when-ready]");
