@@ -1,5 +1,7 @@
 //! Builds cairn's upstream components and assembles the bootable disk image.
 
+#![forbid(unsafe_code)]
+
 pub mod assemble;
 pub mod civil;
 pub mod components;

@@ -1,5 +1,7 @@
 //! `cairn-image`: builds the pinned upstream components and the cairn disk image.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};

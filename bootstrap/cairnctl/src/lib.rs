@@ -7,6 +7,8 @@
 //! - [`gen_client`]: a client config for the machine API with a chosen role.
 //! - [`clientconfig`] and [`connect`]: reaching a node's machine API.
 
+#![forbid(unsafe_code)]
+
 pub mod clientconfig;
 pub mod connect;
 

@@ -3,6 +3,8 @@
 //! Exit codes: 0 success; 1 the call failed (or `health` found the node unhealthy);
 //! 2 bad usage; 3 authentication refused or permission denied; 4 node unreachable.
 
+#![forbid(unsafe_code)]
+
 mod api;
 mod output;
 

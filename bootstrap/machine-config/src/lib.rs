@@ -7,6 +7,8 @@
 //! Not for: cluster secrets (they never live in this document) or how components
 //! are run (see `cairn-services`).
 
+#![forbid(unsafe_code)]
+
 mod types;
 
 use serde::{Deserialize, Serialize};

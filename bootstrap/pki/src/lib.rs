@@ -17,6 +17,8 @@
 //! renewing certificates, kubelet serving certificates, or encryption at rest — those
 //! come later. Key material never appears in errors or `Debug` output.
 
+#![forbid(unsafe_code)]
+
 mod bundle;
 mod check;
 mod client;

@@ -19,6 +19,8 @@
 //! only drops default-disposition signals to a namespace's init when they are
 //! not blocked), so SIGTERM from inside the pod still works.
 
+#![forbid(unsafe_code)]
+
 use std::ffi::OsString;
 use std::io::Write as _;
 use std::process::{Command, ExitCode, Stdio};

@@ -25,6 +25,8 @@
 //! Not for: HTTPS, IPv6 destinations, or anything beyond what cairn's tests ask
 //! of a workload.
 
+#![forbid(unsafe_code)]
+
 mod args;
 mod client;
 mod dns;

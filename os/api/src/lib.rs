@@ -2,6 +2,8 @@
 //! the gRPC protocol generated from `proto/machine.proto`, the roles a client
 //! certificate carries, and the TLS settings (TLS 1.3 only, mutual).
 
+#![forbid(unsafe_code)]
+
 pub mod proto {
     #![allow(clippy::all, rust_2018_idioms, missing_docs)]
     tonic::include_proto!("cairn.machine.v1");

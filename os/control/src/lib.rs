@@ -6,6 +6,8 @@
 //! line (`{"ok":...}` or `{"error":{...}}`). A log request's answer is followed by
 //! the raw log lines until either side closes.
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod server;
 

@@ -42,6 +42,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod bus;
 mod inhibitors;
 mod manager;

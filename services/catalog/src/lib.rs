@@ -13,6 +13,8 @@
 //! Not for: running anything. The init hands these [`ServiceSpec`]s to the
 //! supervisor (`cairn-supervisor`), which owns processes, ordering and restarts.
 
+#![forbid(unsafe_code)]
+
 pub mod apid;
 pub mod cluster_objects;
 pub mod cni;

@@ -7,6 +7,8 @@
 //! no test-only entry: everything goes through the machine API. They run one VM at
 //! a time: the machine has two cores.
 
+#![forbid(unsafe_code)]
+
 pub mod gitops;
 
 use std::io::Write;

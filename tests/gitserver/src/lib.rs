@@ -10,6 +10,7 @@
 //! reconciler is tested against what it meets in the field. The servers run on
 //! threads (or processes) of their own and work from sync and async tests alike.
 
+#![forbid(unsafe_code)]
 // Unit tests may unwrap; library code may not (workspace lint `unwrap_used`).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

@@ -1,6 +1,8 @@
 //! `cairn-gitserver`: serves the git repositories under a directory over HTTPS
 //! (smart HTTP, token auth) in the foreground until SIGTERM or Ctrl-C. For the demo.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::{Context, ensure};

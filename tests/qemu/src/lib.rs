@@ -15,6 +15,8 @@
 //! * `CAIRN_QEMU_BIN`, `CAIRN_QEMU_IMG`: override the `qemu-system-x86_64` /
 //!   `qemu-img` binaries.
 
+#![forbid(unsafe_code)]
+
 mod fields;
 
 pub use fields::{parse_fields, strip_ansi};

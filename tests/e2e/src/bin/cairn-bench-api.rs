@@ -8,6 +8,8 @@
 //! Usage: cairn-bench-api [--calls N]   (after `cairn-image image build`, from the
 //! workspace root)
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};

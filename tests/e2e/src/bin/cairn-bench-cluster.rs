@@ -11,6 +11,8 @@
 //! Usage: cairn-bench-cluster [--boots N] [--pairs M]   (after `cairn-image image
 //! build` and `image build --bench`, from the workspace root)
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};

@@ -23,6 +23,8 @@
 //!   cargo run --release -p cairn-e2e --bin cairn-bench-gitops -- \
 //!       [--gitops target/release/cairn-gitops] [--pushes 50] [--drifts 10]
 
+#![forbid(unsafe_code)]
+
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

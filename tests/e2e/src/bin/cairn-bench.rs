@@ -4,6 +4,8 @@
 //! Usage: cairn-bench [--boots N]   (run from the workspace root after
 //! `cairn-image image build`; `cargo build --release -p cairnctl`)
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -15,6 +15,8 @@
 //!        cairn-demo notify <host-port> <ca.crt>   (the repository's hook)
 //! (CAIRN_QEMU_ECHO=1 makes the harness copy the console to stderr.)
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

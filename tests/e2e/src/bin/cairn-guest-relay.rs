@@ -5,6 +5,8 @@
 //!
 //! It writes nothing of its own: stderr is the guest's connection too.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 
