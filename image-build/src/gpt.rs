@@ -294,12 +294,14 @@ fn decode_copy(
     if esize != ENTRY_SIZE as u64 {
         return Err(invalid(what, format!("has entry size {esize}")));
     }
-    let start = (entries_lba * SECTOR) as usize;
-    let end = start + (count * esize) as usize;
-    if end > disk.len() {
+    let Some(entries) = entries_lba
+        .checked_mul(SECTOR)
+        .zip(count.checked_mul(esize))
+        .and_then(|(start, len)| Some(start..start.checked_add(len)?))
+        .and_then(|range| disk.get(range.start as usize..range.end as usize))
+    else {
         return Err(invalid(what, "points its entries past the disk end"));
-    }
-    let entries = &disk[start..end];
+    };
     if crc32fast::hash(entries) != u32_at(h, 88) {
         return Err(invalid(what, "entry array CRC32 mismatch"));
     }
@@ -391,5 +393,52 @@ mod tests {
             encode(60, Uuid::nil(), &[]),
             Err(GptError::DiskTooSmall(60))
         ));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 1024,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Header fields set to anything (with the header CRC fixed up, so the
+        /// fields themselves are judged) and bytes flipped anywhere: decoding ends
+        /// in an error or in exactly the partitions that were written.
+        #[test]
+        fn hostile_tables_are_refused_or_read_exactly(
+            fields in proptest::collection::vec((0usize..92, proptest::prelude::any::<u64>()), 0..4),
+            flips in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 1u8..=255), 0..4),
+            fix_crc in proptest::prelude::any::<bool>(),
+        ) {
+            let parts = [part("EFI", 40, 59), part("STATE", 60, 79)];
+            let mut disk = image(128, &parts);
+            let header = SECTOR as usize;
+            for (at, value) in fields {
+                let at = at.min(92 - 8);
+                if !(16..20).contains(&at) {
+                    disk[header + at..header + at + 8].copy_from_slice(&value.to_le_bytes());
+                }
+            }
+            if fix_crc {
+                let size = (u32_at(&disk[header..], 12) as usize).min(SECTOR as usize);
+                disk[header + 16..header + 20].fill(0);
+                let crc = crc32fast::hash(&disk[header..header + size]);
+                disk[header + 16..header + 20].copy_from_slice(&crc.to_le_bytes());
+            }
+            for (at, x) in flips {
+                let i = at.index(disk.len());
+                disk[i] ^= x;
+            }
+            if let Ok(gpt) = decode(&disk) {
+                proptest::prop_assert_eq!(gpt.partitions, parts.to_vec());
+            }
+        }
+
+        /// Any bytes at all, of any whole number of sectors.
+        #[test]
+        fn arbitrary_disks_never_panic(sectors in 0usize..80, byte in proptest::prelude::any::<u8>()) {
+            let _ = decode(&vec![byte; sectors * SECTOR as usize]);
+        }
     }
 }

@@ -385,4 +385,50 @@ mod tests {
         );
         assert!(!path.exists());
     }
+
+    fn token() -> impl proptest::strategy::Strategy<Value = String> {
+        let alphabet: Vec<char> = "abcdefghijklmnopqrstuvwxyz0123456789_".chars().collect();
+        proptest::collection::vec(proptest::sample::select(alphabet), 12..24)
+            .prop_map(|c| c.into_iter().collect())
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// A ConfigApply body of any text: applied, or refused with the kept config
+        /// left exactly as it was.
+        #[test]
+        fn apply_of_anything_keeps_the_last_good_config(text in proptest::prelude::any::<String>()) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("machine.yaml");
+            let kept = MachineConfig::default_document();
+            std::fs::write(&path, kept).expect("write");
+            if apply(&path, &text, false).is_err() {
+                proptest::prop_assert_eq!(std::fs::read_to_string(&path).expect("read"), kept);
+            }
+        }
+
+        /// A credential in a URL never survives redaction, wherever it stands in
+        /// whatever text; redaction never panics on any text.
+        #[test]
+        fn url_credentials_never_survive_redaction(
+            before in proptest::prelude::any::<String>(),
+            after in proptest::prelude::any::<String>(),
+            secret in token(),
+            with_user in proptest::prelude::any::<bool>(),
+        ) {
+            let userinfo = if with_user { format!("deploy:{secret}") } else { secret.clone() };
+            let text = format!("{before} https://{userinfo}@git.example.com/o/r.git {after}");
+            let shown = redact(&text);
+            let outside = before.matches(secret.as_str()).count() + after.matches(secret.as_str()).count();
+            proptest::prop_assert!(shown.matches(secret.as_str()).count() <= outside, "{}", shown);
+            proptest::prop_assert!(shown.contains("REDACTED"), "{}", shown);
+        }
+    }
 }

@@ -68,9 +68,19 @@ pub fn grow_last_partition<D: Read + Write + Seek>(
     let entries_lba = u64_at(&hdr, 72);
     let count = u32_at(&hdr, 80) as usize;
     let esize = u32_at(&hdr, 84) as usize;
+    // UEFI: entries are 128 × 2^n bytes; the array is read into memory, so both
+    // numbers are bounded before anything is allocated.
     ensure!(
-        esize >= 128 && count > 0 && count <= 1024,
+        (128..=4096).contains(&esize) && esize.is_power_of_two() && (1..=1024).contains(&count),
         "GPT entry array ({count} x {esize}) is invalid"
+    );
+    let array_sectors = ((count * esize) as u64).div_ceil(SECTOR);
+    ensure!(
+        entries_lba >= 2
+            && entries_lba
+                .checked_add(array_sectors)
+                .is_some_and(|end| end < disk_sectors),
+        "GPT entry array at LBA {entries_lba} is outside the disk of {disk_sectors} sectors"
     );
     let mut entries = vec![0u8; count * esize];
     disk.seek(SeekFrom::Start(entries_lba * SECTOR))?;
@@ -80,7 +90,6 @@ pub fn grow_last_partition<D: Read + Write + Seek>(
         crc32fast::hash(&entries) == u32_at(&hdr, 88),
         "GPT entry array CRC mismatch"
     );
-    let entries_sectors = (entries.len() as u64).div_ceil(SECTOR);
 
     let idx = partno
         .checked_sub(1)
@@ -103,9 +112,20 @@ pub fn grow_last_partition<D: Read + Write + Seek>(
         }
     }
 
+    ensure!(
+        first <= last && u64_at(&hdr, 40) <= first,
+        "partition {partno} ({first}..{last}) is not inside the usable area"
+    );
     let backup_lba = disk_sectors.checked_sub(1).context("empty disk")?;
-    let last_usable = backup_lba - entries_sectors - 1;
-    let new_last = (last_usable + 1) / ALIGN * ALIGN - 1;
+    let last_usable = backup_lba
+        .checked_sub(array_sectors + 1)
+        .filter(|&l| l > entries_lba + array_sectors)
+        .with_context(|| format!("a disk of {disk_sectors} sectors has no room for the backup GPT"))?;
+    let new_last = ((last_usable + 1) / ALIGN * ALIGN).saturating_sub(1);
+    ensure!(
+        last <= last_usable,
+        "partition {partno} ends at LBA {last}, beyond the disk's last usable {last_usable}"
+    );
     let backup_in_place = u64_at(&hdr, 32) == backup_lba;
     if new_last <= last && backup_in_place {
         return Ok(None);
@@ -287,6 +307,65 @@ mod tests {
         if let Ok(out) = Command::new("sgdisk").arg("-v").arg(&img).output() {
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(text.contains("No problems found"), "sgdisk -v: {text}");
+        }
+    }
+
+    /// A disk of `sectors` whose primary GPT has the given fields (valid CRCs, so
+    /// the fields themselves are what is judged), the entries filled by `fill`.
+    fn disk_with(sectors: u64, entries_lba: u64, count: u32, esize: u32, backup: u64, fill: &[u8]) -> Vec<u8> {
+        let mut disk = vec![0u8; (sectors * SECTOR) as usize];
+        let array_len = (count as usize).saturating_mul(esize as usize).min(64 * 1024);
+        let mut entries = vec![0u8; array_len];
+        for (i, b) in entries.iter_mut().enumerate() {
+            *b = fill.get(i % fill.len().max(1)).copied().unwrap_or(0);
+        }
+        let start = (entries_lba.saturating_mul(SECTOR)) as usize;
+        if let Some(dst) = disk.get_mut(start..start.saturating_add(array_len)) {
+            dst.copy_from_slice(&entries);
+        }
+        let mut hdr = vec![0u8; SECTOR as usize];
+        hdr[..8].copy_from_slice(b"EFI PART");
+        put_u32(&mut hdr, 12, 92);
+        put_u64(&mut hdr, 24, 1);
+        put_u64(&mut hdr, 32, backup);
+        put_u64(&mut hdr, 40, 34);
+        put_u64(&mut hdr, 72, entries_lba);
+        put_u32(&mut hdr, 80, count);
+        put_u32(&mut hdr, 84, esize);
+        put_u32(&mut hdr, 88, crc32fast::hash(&entries));
+        header_crc(&mut hdr);
+        if disk.len() >= 2 * SECTOR as usize {
+            disk[SECTOR as usize..2 * SECTOR as usize].copy_from_slice(&hdr);
+        }
+        disk
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 1024,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Whatever the header and entries say (CRCs intact), growing ends in an
+        /// error or a result inside the disk: no panic, no huge allocation, no
+        /// write past the disk's end.
+        #[test]
+        fn hostile_headers_never_panic_or_write_past_the_disk(
+            sectors in 0u64..160,
+            entries_lba in proptest::prop_oneof![0u64..160, proptest::prelude::any::<u64>()],
+            count in proptest::prop_oneof![0u32..200, proptest::prelude::any::<u32>()],
+            esize in proptest::prop_oneof![proptest::prelude::Just(128u32), 0u32..1024, proptest::prelude::any::<u32>()],
+            backup in proptest::prelude::any::<u64>(),
+            fill in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96),
+            partno in 0u32..6,
+        ) {
+            let disk = disk_with(sectors, entries_lba, count, esize, backup, &fill);
+            let mut cursor = std::io::Cursor::new(disk);
+            let result = grow_last_partition(&mut cursor, sectors, partno);
+            if result.is_ok() {
+                proptest::prop_assert!(cursor.get_ref().len() as u64 <= sectors * SECTOR);
+            }
         }
     }
 }

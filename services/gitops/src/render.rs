@@ -738,4 +738,36 @@ mod tests {
             .is_empty()
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Any text in a manifest file renders or is refused with the file named.
+        #[test]
+        fn arbitrary_manifests_render_or_name_the_file(text in proptest::prelude::any::<String>(), json in proptest::prelude::any::<bool>()) {
+            let path = if json { "apps/x.json" } else { "apps/x.yaml" };
+            let files = [SourceFile { path: path.into(), data: text.into_bytes() }];
+            if let Err(e) = render(&files, &RenderOptions::default()) {
+                proptest::prop_assert!(e.to_string().contains("apps/x."), "{e}");
+            }
+        }
+
+        /// Byte edits of a valid multi-document manifest.
+        #[test]
+        fn edited_manifests_render_or_name_the_file(edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()), 1..6)) {
+            let mut bytes = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: default\ndata:\n  k: v\n---\napiVersion: apps/v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Secret\n  metadata: {name: s, namespace: default}\n".to_vec();
+            for (at, byte) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            let files = [SourceFile { path: "apps/edited.yaml".into(), data: String::from_utf8_lossy(&bytes).into_owned().into_bytes() }];
+            if let Err(e) = render(&files, &RenderOptions::default()) {
+                proptest::prop_assert!(e.to_string().contains("apps/edited.yaml"), "{e}");
+            }
+        }
+    }
 }

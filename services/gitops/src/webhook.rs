@@ -498,4 +498,45 @@ mod tests {
             Err(WebhookError::NoSecret)
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Any header values and body: an error or a provider, never a panic; and
+        /// without the secret's signature, never accepted.
+        #[test]
+        fn forged_calls_are_refused(
+            github in proptest::option::of(proptest::prelude::any::<String>()),
+            gitea in proptest::option::of(proptest::prelude::any::<String>()),
+            gitlab in proptest::option::of(proptest::prelude::any::<String>()),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            let mut h = HeaderMap::new();
+            for (name, value) in [("x-hub-signature-256", github), ("x-gitea-signature", gitea), ("x-gitlab-token", gitlab)] {
+                if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                    h.insert(name, v);
+                }
+            }
+            proptest::prop_assert!(verify(&h, &body, SECRET).is_err());
+        }
+
+        /// A correct signature is accepted; the same signature over a body with
+        /// one byte changed is refused.
+        #[test]
+        fn one_changed_byte_is_refused(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..256),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            x in 1u8..=255,
+        ) {
+            let signed = headers(&[("x-hub-signature-256", &format!("sha256={}", sign(SECRET, &body)))]);
+            proptest::prop_assert!(verify(&signed, &body, SECRET).is_ok());
+            let mut changed = body.clone();
+            changed[at.index(body.len())] ^= x;
+            proptest::prop_assert!(verify(&signed, &changed, SECRET).is_err());
+        }
+    }
 }

@@ -283,4 +283,63 @@ mod tests {
         assert_eq!(r.server, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert!(parse(&p[..100]).is_none());
     }
+
+    /// A reply header (op 2, `xid`, `yiaddr`, the magic cookie) followed by `options`.
+    fn reply(xid: u32, yiaddr: [u8; 4], options: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 240];
+        p[0] = 2;
+        p[4..8].copy_from_slice(&xid.to_be_bytes());
+        p[16..20].copy_from_slice(&yiaddr);
+        p[236..240].copy_from_slice(&MAGIC);
+        p.extend_from_slice(options);
+        p
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2048,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Whatever a server (or anyone on the segment) sends, parsing ends
+        /// without a panic.
+        #[test]
+        fn arbitrary_packets_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = parse(&bytes);
+        }
+
+        /// Arbitrary option bytes behind a valid header: the deep path.
+        #[test]
+        fn arbitrary_options_never_panic(options in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse(&reply(1, [10, 0, 2, 15], &options));
+        }
+
+        /// Well-formed options come back as sent, in any order with padding.
+        #[test]
+        fn well_formed_options_round_trip(
+            xid in proptest::prelude::any::<u32>(),
+            yiaddr in proptest::prelude::any::<[u8; 4]>(),
+            router in proptest::prelude::any::<[u8; 4]>(),
+            dns in proptest::collection::vec(proptest::prelude::any::<[u8; 4]>(), 1..4),
+            lease in proptest::prelude::any::<u32>(),
+            pads in 0usize..4,
+        ) {
+            let mut o = vec![0u8; pads];
+            o.extend_from_slice(&[53, 1, ACK, 3, 4]);
+            o.extend_from_slice(&router);
+            o.extend_from_slice(&[6, (dns.len() * 4) as u8]);
+            dns.iter().for_each(|d| o.extend_from_slice(d));
+            o.extend_from_slice(&[51, 4]);
+            o.extend_from_slice(&lease.to_be_bytes());
+            o.push(255);
+            let r = parse(&reply(xid, yiaddr, &o)).expect("a well-formed reply parses");
+            proptest::prop_assert_eq!(r.kind, ACK);
+            proptest::prop_assert_eq!(r.xid, xid);
+            proptest::prop_assert_eq!(r.yiaddr, Ipv4Addr::from(yiaddr));
+            proptest::prop_assert_eq!(r.router, Some(Ipv4Addr::from(router)));
+            proptest::prop_assert_eq!(r.dns, dns.into_iter().map(Ipv4Addr::from).collect::<Vec<_>>());
+            proptest::prop_assert_eq!(r.lease_secs, Some(lease));
+        }
+    }
 }
