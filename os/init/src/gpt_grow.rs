@@ -120,7 +120,9 @@ pub fn grow_last_partition<D: Read + Write + Seek>(
     let last_usable = backup_lba
         .checked_sub(array_sectors + 1)
         .filter(|&l| l > entries_lba + array_sectors)
-        .with_context(|| format!("a disk of {disk_sectors} sectors has no room for the backup GPT"))?;
+        .with_context(|| {
+            format!("a disk of {disk_sectors} sectors has no room for the backup GPT")
+        })?;
     let new_last = ((last_usable + 1) / ALIGN * ALIGN).saturating_sub(1);
     ensure!(
         last <= last_usable,
@@ -312,9 +314,18 @@ mod tests {
 
     /// A disk of `sectors` whose primary GPT has the given fields (valid CRCs, so
     /// the fields themselves are what is judged), the entries filled by `fill`.
-    fn disk_with(sectors: u64, entries_lba: u64, count: u32, esize: u32, backup: u64, fill: &[u8]) -> Vec<u8> {
+    fn disk_with(
+        sectors: u64,
+        entries_lba: u64,
+        count: u32,
+        esize: u32,
+        backup: u64,
+        fill: &[u8],
+    ) -> Vec<u8> {
         let mut disk = vec![0u8; (sectors * SECTOR) as usize];
-        let array_len = (count as usize).saturating_mul(esize as usize).min(64 * 1024);
+        let array_len = (count as usize)
+            .saturating_mul(esize as usize)
+            .min(64 * 1024);
         let mut entries = vec![0u8; array_len];
         for (i, b) in entries.iter_mut().enumerate() {
             *b = fill.get(i % fill.len().max(1)).copied().unwrap_or(0);
