@@ -257,12 +257,21 @@ impl Cairnctl {
     }
 }
 
-/// `$CAIRNCTL`, else the workspace's release build, else its debug build.
+/// `$CAIRNCTL`, else the workspace's build in the profile these tests were built
+/// with (tests/run builds both with `test-release`), else release, else debug.
 pub fn cairnctl_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("CAIRNCTL") {
         return PathBuf::from(p);
     }
-    for profile in ["release", "debug"] {
+    // A test runs from <target>/<profile>/deps/, a binary from <target>/<profile>/.
+    let own = std::env::current_exe().ok().and_then(|exe| {
+        let mut dir = exe.parent()?.to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        Some(dir.file_name()?.to_str()?.to_owned())
+    });
+    for profile in own.iter().map(String::as_str).chain(["release", "debug"]) {
         let p = cairn_image::static_bins::target_dir(&workspace())
             .join(profile)
             .join("cairnctl");
