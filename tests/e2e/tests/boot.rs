@@ -5,14 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_e2e::{
-    BOOT_TIMEOUT, Cairnctl, Etcd, fresh_disk, node_config, node_config_with, one_vm_at_a_time,
-};
+use cairn_e2e::{BOOT_TIMEOUT, Cairnctl, Etcd, fresh_disk, node_config, node_config_with, vm_slot};
 use cairn_qemu::{Regex, Vm};
 
 #[test]
 fn boots_under_uefi_to_etcd_ready() {
-    let _one = one_vm_at_a_time();
+    let Some(_one) = vm_slot() else { return };
     let disk = fresh_disk();
     let vm = Vm::boot(&node_config(), &disk).expect("boot");
     let switched = vm
@@ -84,7 +82,7 @@ fn boots_under_uefi_to_etcd_ready() {
 
 #[test]
 fn etcd_killed_with_sigkill_is_back_within_5s() {
-    let _one = one_vm_at_a_time();
+    let Some(_one) = vm_slot() else { return };
     let disk = fresh_disk();
     let mut vm = Vm::boot(&node_config(), &disk).expect("boot");
     vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT)
@@ -127,7 +125,7 @@ fn etcd_killed_with_sigkill_is_back_within_5s() {
 
 #[test]
 fn keys_survive_orderly_reboot_and_power_cut() {
-    let _one = one_vm_at_a_time();
+    let Some(_one) = vm_slot() else { return };
     let disk = fresh_disk();
     let cfg = node_config();
 
@@ -193,7 +191,7 @@ fn keys_survive_orderly_reboot_and_power_cut() {
 
 #[test]
 fn orderly_poweroff_ends_qemu_within_30s() {
-    let _one = one_vm_at_a_time();
+    let Some(_one) = vm_slot() else { return };
     let disk = fresh_disk();
     let mut vm = Vm::boot(&node_config(), &disk).expect("boot");
     vm.wait_for_event("ready", &[("service", "etcd")], BOOT_TIMEOUT)
@@ -223,7 +221,7 @@ fn orderly_poweroff_ends_qemu_within_30s() {
 
 #[test]
 fn garbled_machine_config_is_reported_and_pid1_survives() {
-    let _one = one_vm_at_a_time();
+    let Some(_one) = vm_slot() else { return };
     let tmp = tempfile::tempdir().expect("temp dir");
     let config = tmp.path().join("machine.yaml");
     std::fs::write(
@@ -265,7 +263,7 @@ fn garbled_machine_config_is_reported_and_pid1_survives() {
 
 #[test]
 fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
-    let _one = one_vm_at_a_time();
+    let Some(_one) = vm_slot() else { return };
     let tmp = tempfile::tempdir().expect("temp dir");
     let good = tmp.path().join("good.yaml");
     std::fs::write(
@@ -355,7 +353,7 @@ fn static_network_and_config_from_fw_cfg_are_kept_as_last_good() {
 /// the console, starts no Kubernetes service, and PID 1 stays up and answers.
 #[test]
 fn missing_or_foreign_secrets_are_reported_and_pid1_stays_up() {
-    let _one = one_vm_at_a_time();
+    let Some(_one) = vm_slot() else { return };
     let tmp = tempfile::tempdir().expect("temp dir");
 
     // 1. No bundle anywhere.

@@ -17,8 +17,7 @@ use std::io::Read as _;
 use std::sync::{Arc, Mutex};
 
 use cairn_e2e::{
-    CLUSTER_TIMEOUT, COMPONENTS, Cairnctl, Kubectl, NODE_NAME, fresh_disk, node_config,
-    one_vm_at_a_time,
+    CLUSTER_TIMEOUT, COMPONENTS, Cairnctl, Kubectl, NODE_NAME, fresh_disk, node_config, vm_slot,
 };
 use cairn_qemu::{ConsoleLine, Vm};
 
@@ -253,7 +252,7 @@ fn wait_deployment(
 
 #[test]
 fn single_node_cluster_end_to_end() {
-    let _one = one_vm_at_a_time();
+    let Some(_one) = vm_slot() else { return };
     let disk = fresh_disk();
     let mut vm = Vm::boot(&node_config(), &disk).expect("boot");
 
