@@ -396,11 +396,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 1024,
-            failure_persistence: None,
-            ..proptest::prelude::ProptestConfig::default()
-        })]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
 
         /// Header fields set to anything (with the header CRC fixed up, so the
         /// fields themselves are judged) and bytes flipped anywhere: decoding ends

@@ -5,16 +5,8 @@ use cairn_machine_config::MachineConfig;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 512,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn arbitrary_text_is_refused_or_parsed(text in any::<String>()) {

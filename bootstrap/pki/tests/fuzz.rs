@@ -25,14 +25,6 @@ fn document() -> &'static str {
     })
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 256,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 #[test]
 fn the_generated_document_round_trips_and_checks() {
     let bundle = Bundle::from_document(document()).expect("parse");
@@ -40,7 +32,7 @@ fn the_generated_document_round_trips_and_checks() {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn arbitrary_text_is_refused_or_parsed(text in any::<String>()) {

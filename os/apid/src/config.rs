@@ -395,11 +395,7 @@ mod tests {
     use proptest::strategy::Strategy as _;
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 256,
-            failure_persistence: None,
-            ..proptest::prelude::ProptestConfig::default()
-        })]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
         /// A ConfigApply body of any text: applied, or refused with the kept config
         /// left exactly as it was.

@@ -352,11 +352,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 1024,
-            failure_persistence: None,
-            ..proptest::prelude::ProptestConfig::default()
-        })]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
 
         /// Whatever the header and entries say (CRCs intact), growing ends in an
         /// error or a result inside the disk: no panic, no huge allocation, no

@@ -500,11 +500,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 512,
-            failure_persistence: None,
-            ..proptest::prelude::ProptestConfig::default()
-        })]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
 
         /// Any header values and body: an error or a provider, never a panic; and
         /// without the secret's signature, never accepted.
