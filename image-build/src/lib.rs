@@ -17,6 +17,7 @@ pub mod qcow2;
 pub mod rootfs;
 pub mod squashfs;
 pub mod static_bins;
+pub mod test_rule;
 #[cfg(test)]
 mod test_support;
 pub mod tool;
